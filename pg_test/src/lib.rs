@@ -1,0 +1,1 @@
+//! Cluster harness for the end-to-end tests; see tests/.

@@ -1,0 +1,42 @@
+-- Who may do what. Nothing is granted to PUBLIC: sending an event makes other
+-- roles' code run, so a superuser decides who may send and who may define
+-- functions (README, "Security"):
+--   GRANT USAGE ON SCHEMA jobs TO app;
+--   GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA jobs TO app;
+--   GRANT SELECT ON ALL TABLES IN SCHEMA jobs TO app;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA jobs FROM PUBLIC;
+
+-- A role granted SELECT sees the definitions and the runs of the functions it
+-- owns (is a member of the owner of), not those of other roles.
+ALTER TABLE jobs.functions ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.functions USING (pg_catalog.pg_has_role(owner, 'MEMBER'));
+
+ALTER TABLE jobs.runs ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.runs USING (EXISTS (
+    SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+
+ALTER TABLE jobs.steps ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.steps USING (EXISTS (
+    SELECT 1 FROM jobs.runs r WHERE r.id = run_id));
+
+ALTER TABLE jobs.attempt_errors ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.attempt_errors USING (EXISTS (
+    SELECT 1 FROM jobs.runs r WHERE r.id = run_id));
+
+ALTER TABLE jobs.triggers ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.triggers USING (EXISTS (
+    SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+
+-- Tell the DBA at CREATE EXTENSION time when nothing is going to run.
+DO $$
+BEGIN
+    IF NOT 'pg_jobs' = ANY (pg_catalog.string_to_array(
+            pg_catalog.replace(pg_catalog.current_setting('shared_preload_libraries'), ' ', ''), ',')) THEN
+        RAISE WARNING 'pg_jobs is not in shared_preload_libraries: events and functions can be defined, but nothing will run'
+            USING HINT = 'Add pg_jobs to shared_preload_libraries in postgresql.conf and restart the server.';
+    ELSIF pg_catalog.current_setting('jobs.database', true) IS DISTINCT FROM pg_catalog.current_database() THEN
+        RAISE WARNING 'pg_jobs runs functions only in database "%" (jobs.database), not in "%"',
+            pg_catalog.current_setting('jobs.database', true), pg_catalog.current_database();
+    END IF;
+END
+$$;

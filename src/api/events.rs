@@ -1,0 +1,386 @@
+//! `jobs.send`: record events and start the runs of every function they trigger,
+//! inside the caller's transaction.
+
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::BuiltinOid::*;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::{JsonB, PgSqlErrorCode};
+use serde_json::Value;
+
+use super::types::JsonbDatum;
+use super::{as_catalog_owner, prepared, StatementCache};
+use crate::errors::{invalid, raise, warn_not_preloaded};
+use crate::{event_name, gucs, shmem};
+
+/// An event that passed validation.
+pub struct NewEvent {
+    pub name: String,
+    pub data: pg_sys::Datum,
+    pub dedup_id: Option<String>,
+    pub ts: Option<TimestampWithTimeZone>,
+}
+
+#[pg_extern(name = "send", volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn send(
+    name: Option<&str>,
+    data: default!(Option<JsonbDatum>, "'{}'"),
+    id: default!(Option<&str>, "NULL"),
+    ts: default!(Option<TimestampWithTimeZone>, "NULL"),
+) -> pgrx::Uuid {
+    warn_not_preloaded();
+    let event = check_event("", name, data.as_ref(), id, ts);
+    record(vec![event]).remove(0)
+}
+
+#[pg_extern(name = "send", volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn send_batch(events: Option<JsonB>) -> Vec<pgrx::Uuid> {
+    warn_not_preloaded();
+    let items = match events.map(|e| e.0) {
+        Some(Value::Array(items)) => items,
+        Some(object @ Value::Object(_)) => vec![object],
+        Some(other) => invalid(format!(
+            "events must be a JSON array of {{\"name\", \"data\"}} objects, got {}",
+            json_kind(&other)
+        )),
+        None => raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "events must not be null",
+        ),
+    };
+    // Check every element before storing any, so that one bad element stores nothing.
+    let checked: Vec<NewEvent> = items
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| check_batch_element(index, item))
+        .collect();
+    record(checked)
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn check_batch_element(index: usize, item: Value) -> NewEvent {
+    let field = |name: &str| format!("events[{index}].{name}");
+    let Value::Object(mut object) = item else {
+        invalid(format!(
+            "events[{index}] must be an object with \"name\" and \"data\", got {}",
+            json_kind(&item)
+        ))
+    };
+    if let Some(key) = object
+        .keys()
+        .find(|k| !["name", "data", "id", "ts"].contains(&k.as_str()))
+    {
+        invalid(format!(
+            "{} is not an event field (use name, data, id, ts)",
+            field(key)
+        ));
+    }
+    let name = match object.remove("name") {
+        Some(Value::String(name)) => Some(name),
+        None | Some(Value::Null) => None,
+        Some(other) => invalid(format!(
+            "{} must be a string, got {}",
+            field("name"),
+            json_kind(&other)
+        )),
+    };
+    let data = match object.remove("data") {
+        None => Value::Object(Default::default()),
+        Some(data) => data,
+    };
+    let id = match object.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) => Some(id),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(other) => invalid(format!(
+            "{} must be a string, got {}",
+            field("id"),
+            json_kind(&other)
+        )),
+    };
+    let ts = match object.remove("ts") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(parse_ts(&field("ts"), &value)),
+    };
+    let data = JsonbDatum(JsonB(data).into_datum().expect("jsonb is never null here"));
+    check_event(
+        &format!("events[{index}]."),
+        name.as_deref(),
+        Some(&data),
+        id.as_deref(),
+        ts,
+    )
+}
+
+/// Microseconds from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
+const POSTGRES_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+
+/// An Inngest `ts`: milliseconds since 1970, or an ISO 8601 / RFC 3339 string.
+fn parse_ts(field: &str, value: &Value) -> TimestampWithTimeZone {
+    let unix_micros = match value {
+        Value::Number(n) => n.as_f64().map(|ms| (ms * 1000.0) as i64),
+        Value::String(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| t.timestamp_micros()),
+        _ => None,
+    };
+    let Some(unix_micros) = unix_micros else {
+        invalid(format!(
+            "{field} = {value} is not a timestamp: use milliseconds since 1970 or an ISO 8601 string such as \"2026-01-31T09:00:00Z\""
+        ))
+    };
+    TimestampWithTimeZone::try_from(unix_micros - POSTGRES_EPOCH_UNIX_MICROS)
+        .unwrap_or_else(|_| invalid(format!("{field} = {value} is out of range")))
+}
+
+fn check_event(
+    prefix: &str,
+    name: Option<&str>,
+    data: Option<&JsonbDatum>,
+    id: Option<&str>,
+    ts: Option<TimestampWithTimeZone>,
+) -> NewEvent {
+    let Some(name) = name else {
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{prefix}name must not be null"),
+        )
+    };
+    if let Err(why) = event_name::check_user_name(name) {
+        let shown: String = name.chars().take(80).collect();
+        invalid(format!("{prefix}name \"{shown}\" {why}"))
+    }
+    let Some(data) = data else {
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{prefix}data of event \"{name}\" must be a JSON object, not null"),
+        )
+    };
+    if !data.is_object() {
+        invalid(format!(
+            "{prefix}data of event \"{name}\" must be a JSON object such as '{{\"userId\": 42}}'"
+        ))
+    }
+    let size = name.len() + data.size();
+    if size > gucs::max_event_size_bytes() {
+        raise(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!(
+                "{prefix}event \"{name}\" is {} kB, over jobs.max_event_size ({} kB)",
+                size.div_ceil(1024),
+                gucs::MAX_EVENT_SIZE_KB.get()
+            ),
+        )
+    }
+    if let Some(id) = id {
+        if id.is_empty() || id.len() > event_name::MAX_LEN {
+            invalid(format!(
+                "{prefix}id \"{id}\" must be 1 to {} characters",
+                event_name::MAX_LEN
+            ))
+        }
+    }
+    NewEvent {
+        name: name.to_string(),
+        data: data.0,
+        dedup_id: id.map(str::to_string),
+        ts,
+    }
+}
+
+thread_local! {
+    static CLAIM_DEDUP_ID: StatementCache = const { StatementCache::new() };
+    static FIND_DUPLICATE: StatementCache = const { StatementCache::new() };
+    static MATCH_FUNCTIONS: StatementCache = const { StatementCache::new() };
+    static INSERT_EVENT_AND_RUNS: StatementCache = const { StatementCache::new() };
+}
+
+/// Stores the events and the runs they start; returns the event ids.
+pub fn record(events: Vec<NewEvent>) -> Vec<pgrx::Uuid> {
+    as_catalog_owner(|_| {
+        Spi::connect_mut(|client| {
+            let mut ids = Vec::with_capacity(events.len());
+            let mut runnable = 0;
+            for event in events {
+                let id = new_id();
+                let duplicate_of = event
+                    .dedup_id
+                    .as_deref()
+                    .and_then(|dedup_id| find_duplicate(client, dedup_id, id));
+                let targets = match duplicate_of {
+                    Some(_) => Vec::new(),
+                    None => matching_functions(client, id, &event),
+                };
+                runnable += targets.iter().filter(|(_, _, held)| !held).count();
+                insert_event(client, id, &event, duplicate_of, &targets);
+                ids.push(id);
+            }
+            shmem::wake_workers_at_commit(runnable);
+            ids
+        })
+    })
+}
+
+/// Claims `dedup_id` for event `id`, or returns the event that claimed it in the last 24 hours.
+fn find_duplicate(
+    client: &mut SpiClient<'_>,
+    dedup_id: &str,
+    id: pgrx::Uuid,
+) -> Option<pgrx::Uuid> {
+    let claim = prepared(
+        &CLAIM_DEDUP_ID,
+        client,
+        "INSERT INTO jobs.dedup_ids AS d (dedup_id, event_id, seen_at)
+         VALUES ($1, $2, clock_timestamp())
+         ON CONFLICT (dedup_id) DO UPDATE
+            SET event_id = excluded.event_id, seen_at = excluded.seen_at
+            WHERE d.seen_at < excluded.seen_at - interval '24 hours'
+         RETURNING true",
+        &[TEXTOID.value(), UUIDOID.value()],
+    );
+    let claimed = client
+        .update(claim, None, &[dedup_id.into(), id.into()])
+        .expect("claiming a dedup id")
+        .len()
+        == 1;
+    if claimed {
+        return None;
+    }
+    let find = prepared(
+        &FIND_DUPLICATE,
+        client,
+        "SELECT event_id FROM jobs.dedup_ids WHERE dedup_id = $1",
+        &[TEXTOID.value()],
+    );
+    client
+        .select(find, None, &[dedup_id.into()])
+        .expect("finding a duplicate event")
+        .first()
+        .get_one::<pgrx::Uuid>()
+        .ok()
+        .flatten()
+}
+
+/// A run to start: its id, its function, and whether the function is paused.
+pub type Target = (pgrx::Uuid, String, bool);
+
+/// The functions `event` triggers: by name or wildcard, and by their `if` filter.
+fn matching_functions(client: &SpiClient<'_>, id: pgrx::Uuid, event: &NewEvent) -> Vec<Target> {
+    let matching = prepared(
+        &MATCH_FUNCTIONS,
+        client,
+        "SELECT f.id, f.paused
+         FROM jobs.triggers t JOIN jobs.functions f ON f.id = t.function_id
+         WHERE t.event = ANY ($1) AND (t.wildcard OR t.event = $2)
+           AND (f.filter IS NULL OR jsonb_path_match(
+                jsonb_build_object('event', jsonb_build_object(
+                    'id', $3, 'name', $2, 'data', $4, 'ts', coalesce($5, now()))),
+                f.filter, '{}', true))
+         GROUP BY f.id, f.paused",
+        &[
+            TEXTARRAYOID.value(),
+            TEXTOID.value(),
+            UUIDOID.value(),
+            JSONBOID.value(),
+            TIMESTAMPTZOID.value(),
+        ],
+    );
+    let mut keys = event_name::wildcard_prefixes(&event.name);
+    keys.push(event.name.clone());
+    let data = unsafe { DatumWithOid::new(event.data, JSONBOID.value()) };
+    client
+        .select(
+            matching,
+            None,
+            &[
+                keys.into(),
+                event.name.as_str().into(),
+                id.into(),
+                data,
+                event.ts.into(),
+            ],
+        )
+        .expect("matching functions")
+        .map(|row| {
+            let function_id: String = row
+                .get(1)
+                .ok()
+                .flatten()
+                .expect("function id is never null");
+            let paused: bool = row.get(2).ok().flatten().unwrap_or(false);
+            (new_id(), function_id, paused)
+        })
+        .collect()
+}
+
+/// Inserts the event, and a run and a queue entry for each target, in one statement.
+pub fn insert_event(
+    client: &mut SpiClient<'_>,
+    id: pgrx::Uuid,
+    event: &NewEvent,
+    duplicate_of: Option<pgrx::Uuid>,
+    targets: &[Target],
+) {
+    let insert = prepared(
+        &INSERT_EVENT_AND_RUNS,
+        client,
+        "WITH event AS (
+            INSERT INTO jobs.events (id, name, data, ts, dedup_id, duplicate_of)
+            VALUES ($1, $2, $3, coalesce($4, now()), $5, $6)
+         ), runs AS (
+            INSERT INTO jobs.runs (id, function_id, event_id)
+            SELECT run_id, function_id, $1 FROM unnest($7::uuid[], $8::text[]) AS r (run_id, function_id)
+         )
+         INSERT INTO jobs.queue (run_id, function_id, due_at, held)
+         SELECT run_id, function_id, greatest(coalesce($4, now()), now()), held
+         FROM unnest($7::uuid[], $8::text[], $9::bool[]) AS r (run_id, function_id, held)",
+        &[
+            UUIDOID.value(),
+            TEXTOID.value(),
+            JSONBOID.value(),
+            TIMESTAMPTZOID.value(),
+            TEXTOID.value(),
+            UUIDOID.value(),
+            UUIDARRAYOID.value(),
+            TEXTARRAYOID.value(),
+            BOOLARRAYOID.value(),
+        ],
+    );
+    let run_ids: Vec<pgrx::Uuid> = targets.iter().map(|t| t.0).collect();
+    let function_ids: Vec<String> = targets.iter().map(|t| t.1.clone()).collect();
+    let held: Vec<bool> = targets.iter().map(|t| t.2).collect();
+    client
+        .update(
+            insert,
+            None,
+            &[
+                id.into(),
+                event.name.as_str().into(),
+                unsafe { DatumWithOid::new(event.data, JSONBOID.value()) },
+                event.ts.into(),
+                event.dedup_id.as_deref().into(),
+                duplicate_of.into(),
+                run_ids.into(),
+                function_ids.into(),
+                held.into(),
+            ],
+        )
+        .expect("recording an event");
+}
+
+/// Ids are UUIDv7: time-ordered, so that indexes on them stay compact.
+pub fn new_id() -> pgrx::Uuid {
+    pgrx::Uuid::from_bytes(*uuid::Uuid::now_v7().as_bytes())
+}

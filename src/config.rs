@@ -1,0 +1,466 @@
+//! A function's configuration: the `config jsonb` of `jobs.create_function`,
+//! checked and turned into what the catalog stores.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::backoff::Backoff;
+use crate::{duration, event_name, expr};
+
+pub const DEFAULT_RETRIES: u32 = 4;
+pub const MAX_RETRIES: u32 = 20;
+pub const MAX_TRIGGERS: usize = 10;
+const DEFAULT_EXPONENTIAL_MAX: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionConfig {
+    pub triggers: Vec<event_name::Pattern>,
+    /// The `if` filter as an SQL/JSON path predicate over `{"event": ...}`.
+    pub filter: Option<String>,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    pub max_runtime: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Invalid,
+    NotSupportedYet,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub kind: ErrorKind,
+    pub key: String,
+    pub value: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "config key \"{}\" = {}: {}",
+            self.key, self.value, self.message
+        )
+    }
+}
+
+fn invalid(key: &str, value: &Value, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        kind: ErrorKind::Invalid,
+        key: key.to_string(),
+        value: value.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Every key of the contract, with its camelCase alias where Inngest spells it so.
+const KEYS: &[(&str, Option<&str>)] = &[
+    ("event", None),
+    ("cron", None),
+    ("timezone", None),
+    ("if", None),
+    ("retries", None),
+    ("max_runtime", Some("maxRuntime")),
+    ("concurrency", None),
+    ("throttle", None),
+    ("rate_limit", Some("rateLimit")),
+    ("debounce", None),
+    ("batch_events", Some("batchEvents")),
+    ("priority", None),
+    ("idempotency", None),
+    ("singleton", None),
+    ("cancel_on", Some("cancelOn")),
+    ("timeouts", None),
+    ("on_failure", Some("onFailure")),
+];
+
+const SUPPORTED: &[&str] = &["event", "if", "retries", "max_runtime"];
+
+/// Resolves aliases, refuses unknown and duplicated keys.
+fn canonical_keys(object: &Map<String, Value>) -> Result<Map<String, Value>, ConfigError> {
+    let mut out = Map::new();
+    for (key, value) in object {
+        let Some((canonical, _)) = KEYS
+            .iter()
+            .find(|(name, alias)| name == key || *alias == Some(key.as_str()))
+        else {
+            let known: Vec<&str> = KEYS.iter().map(|(name, _)| *name).collect();
+            return Err(invalid(
+                key,
+                value,
+                format!("unknown key; the keys are {}", known.join(", ")),
+            ));
+        };
+        if out.contains_key(*canonical) {
+            return Err(invalid(
+                key,
+                value,
+                format!("\"{canonical}\" is given twice (once by its camelCase alias)"),
+            ));
+        }
+        out.insert(canonical.to_string(), value.clone());
+    }
+    Ok(out)
+}
+
+pub fn parse(config: &Value) -> Result<FunctionConfig, ConfigError> {
+    let Value::Object(object) = config else {
+        return Err(invalid(
+            "config",
+            config,
+            "must be a JSON object such as '{\"event\": \"app/user.created\"}'",
+        ));
+    };
+    let object = canonical_keys(object)?;
+    if let Some((key, value)) = object
+        .iter()
+        .find(|(key, _)| !SUPPORTED.contains(&key.as_str()))
+    {
+        return Err(ConfigError {
+            kind: ErrorKind::NotSupportedYet,
+            key: key.clone(),
+            value: value.to_string(),
+            message: "not supported yet by this version of pg_jobs".into(),
+        });
+    }
+
+    let triggers = match object.get("event") {
+        None => Vec::new(),
+        Some(value) => parse_triggers(value)?,
+    };
+    let filter = match object.get("if") {
+        None => None,
+        Some(value) => {
+            if triggers.is_empty() {
+                return Err(invalid(
+                    "if",
+                    value,
+                    "filters events, so it needs an \"event\" trigger",
+                ));
+            }
+            let Value::String(source) = value else {
+                return Err(invalid(
+                    "if",
+                    value,
+                    "must be an expression string such as \"event.data.amount > 100\"",
+                ));
+            };
+            Some(
+                expr::to_jsonpath(source, &["event"])
+                    .map_err(|e| invalid("if", value, e.to_string()))?,
+            )
+        }
+    };
+    let (max_attempts, backoff) = match object.get("retries") {
+        None => (DEFAULT_RETRIES + 1, Backoff::Default),
+        Some(value) => parse_retries(value)?,
+    };
+    let max_runtime = match object.get("max_runtime") {
+        None => None,
+        Some(value) => {
+            let limit =
+                duration::from_json(value).map_err(|e| invalid("max_runtime", value, e.0))?;
+            if limit.is_zero() {
+                return Err(invalid("max_runtime", value, "must be longer than zero"));
+            }
+            Some(limit)
+        }
+    };
+    Ok(FunctionConfig {
+        triggers,
+        filter,
+        max_attempts,
+        backoff,
+        max_runtime,
+    })
+}
+
+fn parse_triggers(value: &Value) -> Result<Vec<event_name::Pattern>, ConfigError> {
+    let names: Vec<&Value> = match value {
+        Value::String(_) => vec![value],
+        Value::Array(items) if !items.is_empty() && items.len() <= MAX_TRIGGERS => {
+            items.iter().collect()
+        }
+        Value::Array(_) => {
+            return Err(invalid(
+                "event",
+                value,
+                format!("must list between 1 and {MAX_TRIGGERS} event names"),
+            ))
+        }
+        _ => {
+            return Err(invalid(
+                "event",
+                value,
+                "must be an event name or an array of event names",
+            ))
+        }
+    };
+    let mut patterns: Vec<event_name::Pattern> = Vec::new();
+    for name in names {
+        let Value::String(text) = name else {
+            return Err(invalid(
+                "event",
+                value,
+                format!("{name} is not an event name (a string)"),
+            ));
+        };
+        let pattern = event_name::parse_pattern(text)
+            .map_err(|e| invalid("event", value, format!("\"{text}\" {e}")))?;
+        if !patterns.contains(&pattern) {
+            patterns.push(pattern);
+        }
+    }
+    Ok(patterns)
+}
+
+fn parse_retries(value: &Value) -> Result<(u32, Backoff), ConfigError> {
+    let range_error = || {
+        invalid(
+            "retries",
+            value,
+            format!("must be a whole number from 0 to {MAX_RETRIES}"),
+        )
+    };
+    match value {
+        Value::Number(n) => {
+            let retries = n
+                .as_u64()
+                .filter(|r| *r <= MAX_RETRIES as u64)
+                .ok_or_else(range_error)?;
+            Ok((retries as u32 + 1, Backoff::Default))
+        }
+        Value::Object(object) => {
+            let mut max_attempts = DEFAULT_RETRIES + 1;
+            let mut backoff = Backoff::Default;
+            for (key, item) in object {
+                match key.as_str() {
+                    "attempts" => {
+                        max_attempts = item
+                            .as_u64()
+                            .filter(|a| (1..=MAX_RETRIES as u64 + 1).contains(a))
+                            .ok_or_else(|| {
+                                invalid(
+                                    "retries.attempts",
+                                    item,
+                                    format!("must be a whole number from 1 to {}", MAX_RETRIES + 1),
+                                )
+                            })? as u32;
+                    }
+                    "backoff" => backoff = parse_backoff(item)?,
+                    _ => {
+                        return Err(invalid(
+                            &format!("retries.{key}"),
+                            item,
+                            "unknown key; use \"attempts\" and \"backoff\"",
+                        ))
+                    }
+                }
+            }
+            Ok((max_attempts, backoff))
+        }
+        _ => Err(range_error()),
+    }
+}
+
+fn parse_backoff(value: &Value) -> Result<Backoff, ConfigError> {
+    let Value::Object(object) = value else {
+        return Err(invalid(
+            "retries.backoff",
+            value,
+            "must be an object such as {\"type\": \"exponential\", \"base\": 2, \"max\": 60}",
+        ));
+    };
+    let field = |name: &str| -> Result<Option<Duration>, ConfigError> {
+        object
+            .get(name)
+            .map(|v| {
+                duration::from_json(v)
+                    .map_err(|e| invalid(&format!("retries.backoff.{name}"), v, e.0))
+            })
+            .transpose()
+    };
+    if let Some((key, item)) = object
+        .iter()
+        .find(|(k, _)| !["type", "base", "max"].contains(&k.as_str()))
+    {
+        return Err(invalid(
+            &format!("retries.backoff.{key}"),
+            item,
+            "unknown key; use \"type\", \"base\" and \"max\"",
+        ));
+    }
+    let kind = object.get("type").cloned().unwrap_or(Value::Null);
+    let base = field("base")?;
+    let max = field("max")?;
+    match kind.as_str() {
+        Some("exponential") => {
+            let base =
+                base.ok_or_else(|| invalid("retries.backoff.base", &Value::Null, "is required"))?;
+            let max = max.unwrap_or(DEFAULT_EXPONENTIAL_MAX.max(base));
+            if max < base {
+                return Err(invalid(
+                    "retries.backoff.max",
+                    &object["max"],
+                    "must not be shorter than \"base\"",
+                ));
+            }
+            Ok(Backoff::Exponential { base, max })
+        }
+        Some("fixed") => {
+            if let Some(v) = object.get("max") {
+                return Err(invalid(
+                    "retries.backoff.max",
+                    v,
+                    "applies only to \"exponential\" backoff",
+                ));
+            }
+            let delay =
+                base.ok_or_else(|| invalid("retries.backoff.base", &Value::Null, "is required"))?;
+            Ok(Backoff::Fixed { delay })
+        }
+        _ => Err(invalid(
+            "retries.backoff.type",
+            &kind,
+            "must be \"exponential\" or \"fixed\"",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn err(config: Value) -> ConfigError {
+        parse(&config).unwrap_err()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&json!({})).unwrap();
+        assert!(c.triggers.is_empty());
+        assert_eq!(c.max_attempts, 5);
+        assert_eq!(c.backoff, Backoff::Default);
+        assert_eq!(c.max_runtime, None);
+        assert_eq!(c.filter, None);
+    }
+
+    #[test]
+    fn triggers_and_filter() {
+        let c =
+            parse(&json!({"event": ["app/user.*", "app/x", "app/x"], "if": "event.data.n > 1"}))
+                .unwrap();
+        assert_eq!(c.triggers.len(), 2);
+        assert!(c.triggers[0].wildcard);
+        assert_eq!(c.filter.as_deref(), Some(r#"$.event."data"."n" > 1"#));
+    }
+
+    #[test]
+    fn retries_number_and_object() {
+        assert_eq!(parse(&json!({"retries": 3})).unwrap().max_attempts, 4);
+        assert_eq!(parse(&json!({"retries": 0})).unwrap().max_attempts, 1);
+        let c = parse(&json!({"retries": {"attempts": 5, "backoff": {"type": "exponential", "base": 2, "max": 60}}})).unwrap();
+        assert_eq!(c.max_attempts, 5);
+        assert_eq!(
+            c.backoff,
+            Backoff::Exponential {
+                base: Duration::from_secs(2),
+                max: Duration::from_secs(60)
+            }
+        );
+        let c =
+            parse(&json!({"retries": {"backoff": {"type": "fixed", "base": "100ms"}}})).unwrap();
+        assert_eq!(
+            c.backoff,
+            Backoff::Fixed {
+                delay: Duration::from_millis(100)
+            }
+        );
+    }
+
+    #[test]
+    fn camel_case_aliases() {
+        let c = parse(&json!({"maxRuntime": "30s"})).unwrap();
+        assert_eq!(c.max_runtime, Some(Duration::from_secs(30)));
+        let e = err(json!({"maxRuntime": "30s", "max_runtime": "1m"}));
+        assert!(e.message.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_key_and_value() {
+        let e = err(json!({"retires": 3}));
+        assert_eq!(
+            (e.kind, e.key.as_str(), e.value.as_str()),
+            (ErrorKind::Invalid, "retires", "3")
+        );
+        assert!(e.to_string().contains("unknown key"));
+
+        let e = err(json!({"retries": 21}));
+        assert_eq!((e.key.as_str(), e.value.as_str()), ("retries", "21"));
+        assert!(err(json!({"retries": -1})).message.contains("0 to 20"));
+        assert!(err(json!({"retries": 1.5})).message.contains("0 to 20"));
+        assert_eq!(
+            err(json!({"retries": {"attempts": 0}})).key,
+            "retries.attempts"
+        );
+        assert_eq!(
+            err(json!({"retries": {"backoff": {"type": "linear", "base": 1}}})).key,
+            "retries.backoff.type"
+        );
+        assert_eq!(
+            err(json!({"retries": {"backoff": {"type": "exponential"}}})).key,
+            "retries.backoff.base"
+        );
+        assert_eq!(
+            err(json!({"retries": {"backoff": {"type": "exponential", "base": 10, "max": 5}}})).key,
+            "retries.backoff.max"
+        );
+        assert_eq!(
+            err(json!({"retries": {"backoff": {"type": "fixed", "base": "2 fortnights"}}})).key,
+            "retries.backoff.base"
+        );
+
+        let e = err(json!({"max_runtime": "soon"}));
+        assert_eq!(
+            (e.key.as_str(), e.value.as_str()),
+            ("max_runtime", "\"soon\"")
+        );
+        assert!(err(json!({"max_runtime": 0}))
+            .message
+            .contains("longer than zero"));
+
+        assert_eq!(err(json!({"event": "app/user*"})).key, "event");
+        assert_eq!(err(json!({"event": []})).key, "event");
+        assert_eq!(err(json!({"event": [1]})).key, "event");
+        assert!(err(json!({"event": ""})).message.contains("empty"));
+
+        let e = err(json!({"event": "a/b", "if": "event.data.x === 1"}));
+        assert_eq!(e.key, "if");
+        assert!(e.message.contains("position"), "{e}");
+        assert!(err(json!({"if": "event.data.x == 1"}))
+            .message
+            .contains("needs an \"event\""));
+        assert_eq!(err(json!([])).key, "config");
+    }
+
+    #[test]
+    fn later_features_are_refused_not_ignored() {
+        for key in [
+            "cron",
+            "concurrency",
+            "cancelOn",
+            "on_failure",
+            "batchEvents",
+            "debounce",
+        ] {
+            let e = err(json!({ key: 1 }));
+            assert_eq!(e.kind, ErrorKind::NotSupportedYet, "{key}");
+            assert!(e.to_string().contains("not supported yet"));
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! Every error pg_jobs raises on bad input: an SQLSTATE and a message that names
+//! the field and the value.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+use crate::config::{ConfigError, ErrorKind};
+
+pub fn raise(code: PgSqlErrorCode, message: impl Into<String>) -> ! {
+    ErrorReport::new(code, message.into(), "").report(PgLogLevel::ERROR);
+    unreachable!("ERROR returns control to PostgreSQL")
+}
+
+/// 22023: a value the caller passed is not acceptable.
+pub fn invalid(message: impl Into<String>) -> ! {
+    raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message)
+}
+
+/// 42704: no pg_jobs function has this id.
+pub fn unknown_function(id: &str) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+        format!("function id \"{id}\" does not exist"),
+    )
+}
+
+/// 22023 for a bad config, 0A000 for a key of the contract this version does not implement yet.
+pub fn config(error: ConfigError) -> ! {
+    let code = match error.kind {
+        ErrorKind::Invalid => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        ErrorKind::NotSupportedYet => PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+    };
+    raise(code, error.to_string())
+}
+
+pub fn warn_not_preloaded() {
+    if !crate::preloaded() {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_WARNING,
+            "pg_jobs is not in shared_preload_libraries: nothing will run until it is",
+            "",
+        )
+        .set_hint(
+            "Add pg_jobs to shared_preload_libraries in postgresql.conf and restart the server.",
+        )
+        .report(PgLogLevel::WARNING);
+    }
+}

@@ -1,0 +1,85 @@
+//! Settings, all under the reserved `jobs.` prefix.
+
+use std::ffi::CString;
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+/// Upper bound of `jobs.workers`; shared memory holds this many executor slots.
+pub const MAX_WORKERS: usize = 64;
+
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
+pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16);
+pub static MAX_EVENT_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(512);
+
+pub fn define() {
+    GucRegistry::define_string_guc(
+        c"jobs.database",
+        c"Database in which pg_jobs runs functions.",
+        c"The launcher connects to this database; CREATE EXTENSION pg_jobs there.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"jobs.workers",
+        c"Number of executors that run functions.",
+        c"Each executor is a background worker; they count against max_worker_processes.",
+        &WORKERS,
+        0,
+        MAX_WORKERS as i32,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"jobs.poll_interval",
+        c"Longest time an idle executor waits before looking for work.",
+        c"Executors are woken at commit and at timer due times; this is only a backstop.",
+        &POLL_INTERVAL_MS,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"jobs.batch_size",
+        c"Most runs an executor claims at once.",
+        c"Claimed runs are executed one after another and committed together.",
+        &BATCH_SIZE,
+        1,
+        1000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"jobs.max_event_size",
+        c"Largest event (name and data) jobs.send accepts.",
+        c"",
+        &MAX_EVENT_SIZE_KB,
+        1,
+        1024 * 1024,
+        GucContext::Suset,
+        GucFlags::UNIT_KB,
+    );
+    #[cfg(not(any(feature = "pg13", feature = "pg14")))]
+    unsafe {
+        pgrx::pg_sys::MarkGUCPrefixReserved(c"jobs".as_ptr());
+    }
+    #[cfg(any(feature = "pg13", feature = "pg14"))]
+    unsafe {
+        pgrx::pg_sys::EmitWarningsOnPlaceholders(c"jobs".as_ptr());
+    }
+}
+
+pub fn database() -> String {
+    DATABASE
+        .get()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "postgres".into())
+}
+
+pub fn max_event_size_bytes() -> usize {
+    MAX_EVENT_SIZE_KB.get() as usize * 1024
+}

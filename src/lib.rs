@@ -1,0 +1,55 @@
+//! pg_jobs: Inngest-style event-driven durable functions inside PostgreSQL.
+
+use pgrx::prelude::*;
+
+mod api;
+mod backoff;
+mod config;
+mod duration;
+mod errors;
+mod event_name;
+mod expr;
+mod gucs;
+mod shmem;
+mod worker;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/001_catalog.sql", name = "catalog", bootstrap);
+extension_sql_file!("../sql/900_security.sql", name = "security", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    // pg_upgrade loads every library in binary-upgrade mode; start nothing then.
+    if unsafe { pg_sys::IsBinaryUpgrade } {
+        return;
+    }
+    gucs::define();
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        // Loaded by CREATE EXTENSION or a first call in one session: the API
+        // works, but there are no workers; every entry point says so.
+        return;
+    }
+    shmem::init();
+    shmem::register_commit_hook();
+    worker::launcher::register();
+}
+
+/// Whether this server loaded pg_jobs at start, so that workers run functions.
+pub(crate) fn preloaded() -> bool {
+    shmem::is_initialized()
+}
+
+#[cfg(feature = "pg_test")]
+mod pg_tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'pg_jobs'"]
+    }
+}

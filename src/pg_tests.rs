@@ -1,0 +1,444 @@
+//! `#[pg_test]`: the SQL API inside one backend (definitions and bad input).
+//! Behaviour with real workers is tested end to end in `pg_test/`.
+
+use pgrx::prelude::*;
+
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// Runs `sql`; returns "ok" or "SQLSTATE: message".
+    fn attempt(sql: &str) -> String {
+        if Spi::get_one::<bool>("SELECT to_regprocedure('pg_temp.attempt(text)') IS NULL").unwrap()
+            == Some(true)
+        {
+            Spi::run(
+                "CREATE FUNCTION pg_temp.attempt(sql text) RETURNS text LANGUAGE plpgsql AS $$
+                 BEGIN EXECUTE sql; RETURN 'ok';
+                 EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM; END $$",
+            )
+            .unwrap();
+        }
+        Spi::get_one_with_args::<String>("SELECT pg_temp.attempt($1)", &[sql.into()])
+            .unwrap()
+            .unwrap()
+    }
+
+    fn count(sql: &str) -> i64 {
+        Spi::get_one::<i64>(sql).unwrap().unwrap()
+    }
+
+    fn stored() -> (i64, i64, i64) {
+        (
+            count("SELECT count(*) FROM jobs.events"),
+            count("SELECT count(*) FROM jobs.runs"),
+            count("SELECT count(*) FROM jobs.queue"),
+        )
+    }
+
+    fn expect_error(sql: &str, sqlstate: &str, words: &[&str]) {
+        let before = stored();
+        let functions = count("SELECT count(*) FROM jobs.functions");
+        let got = attempt(sql);
+        assert!(
+            got.starts_with(&format!("{sqlstate}: ")),
+            "{sql}\n  expected SQLSTATE {sqlstate}, got: {got}"
+        );
+        for word in words {
+            assert!(
+                got.contains(word),
+                "{sql}\n  expected the error to mention {word:?}, got: {got}"
+            );
+        }
+        assert_eq!(stored(), before, "{sql} stored something");
+        assert_eq!(
+            count("SELECT count(*) FROM jobs.functions"),
+            functions,
+            "{sql} changed functions"
+        );
+    }
+
+    fn setup_handler() {
+        Spi::run(
+            "CREATE FUNCTION public.handler(ctx jsonb) RETURNS jsonb LANGUAGE sql AS 'SELECT ctx'",
+        )
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn send_stores_the_event_and_starts_nothing_without_subscribers() {
+        let id = Spi::get_one::<pgrx::Uuid>(
+            "SELECT jobs.send('app/hello.world', '{\"name\": \"Ada\"}')",
+        )
+        .unwrap()
+        .unwrap();
+        let name = Spi::get_one_with_args::<String>(
+            "SELECT data->>'name' FROM jobs.events WHERE id = $1",
+            &[id.into()],
+        );
+        assert_eq!(name.unwrap().as_deref(), Some("Ada"));
+        assert_eq!(stored(), (1, 0, 0));
+        Spi::run("SELECT jobs.send('app/no.data')").unwrap();
+        assert_eq!(
+            count("SELECT count(*) FROM jobs.events WHERE data = '{}'"),
+            1
+        );
+    }
+
+    #[pg_test]
+    fn send_fans_out_by_name_and_wildcard_and_filters_with_if() {
+        setup_handler();
+        Spi::run(
+            "SELECT jobs.create_function('exact', 'handler(jsonb)', '{\"event\": \"app/user.created\"}');
+             SELECT jobs.create_function('wild', 'handler(jsonb)', '{\"event\": \"app/user.*\"}');
+             SELECT jobs.create_function('all-app', 'handler(jsonb)', '{\"event\": [\"app/*\", \"app/user.*\"]}');
+             SELECT jobs.create_function('vip', 'handler(jsonb)',
+                 '{\"event\": \"app/user.created\", \"if\": \"event.data.plan == ''pro'' && event.data.seats >= 5\"}');
+             SELECT jobs.create_function('other', 'handler(jsonb)', '{\"event\": \"app/order.created\"}');",
+        )
+        .unwrap();
+        Spi::run("SELECT jobs.send('app/user.created', '{\"plan\": \"free\", \"seats\": 9}')")
+            .unwrap();
+        let started = |fid: &str| {
+            count(&format!(
+                "SELECT count(*) FROM jobs.runs WHERE function_id = '{fid}'"
+            ))
+        };
+        assert_eq!(
+            (
+                started("exact"),
+                started("wild"),
+                started("all-app"),
+                started("vip"),
+                started("other")
+            ),
+            (1, 1, 1, 0, 0)
+        );
+        Spi::run("SELECT jobs.send('app/user.created', '{\"plan\": \"pro\", \"seats\": 5}')")
+            .unwrap();
+        assert_eq!(started("vip"), 1);
+        assert_eq!(
+            count("SELECT count(*) FROM jobs.queue"),
+            count("SELECT count(*) FROM jobs.runs")
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM jobs.runs WHERE status = 'queued' AND attempt = 0"),
+            7
+        );
+    }
+
+    #[pg_test]
+    fn batch_send_is_all_or_nothing() {
+        let ids = Spi::get_one::<Vec<pgrx::Uuid>>(
+            "SELECT jobs.send('[{\"name\": \"app/a\", \"data\": {\"n\": 1}}, {\"name\": \"app/b\", \"id\": \"k1\", \"ts\": \"2030-01-01T00:00:00Z\"}]'::jsonb)",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(ids.len(), 2);
+        assert_eq!(count("SELECT count(*) FROM jobs.events WHERE ts = '2030-01-01T00:00:00Z' AND dedup_id = 'k1'"), 1);
+        expect_error(
+            "SELECT jobs.send('[{\"name\": \"app/ok\"}, {\"name\": \"jobs/x\"}]'::jsonb)",
+            "22023",
+            &["events[1].name", "jobs/"],
+        );
+        expect_error(
+            "SELECT jobs.send('[{\"name\": \"app/ok\"}, {\"data\": {}}]'::jsonb)",
+            "22004",
+            &["events[1].name"],
+        );
+        expect_error(
+            "SELECT jobs.send('[{\"name\": \"app/ok\", \"data\": [1]}]'::jsonb)",
+            "22023",
+            &["events[0].data"],
+        );
+        expect_error(
+            "SELECT jobs.send('[{\"name\": \"app/ok\", \"colour\": 1}]'::jsonb)",
+            "22023",
+            &["events[0].colour"],
+        );
+        expect_error(
+            "SELECT jobs.send('[{\"name\": \"app/ok\", \"ts\": \"yesterday\"}]'::jsonb)",
+            "22023",
+            &["events[0].ts"],
+        );
+        expect_error("SELECT jobs.send('\"app/x\"'::jsonb)", "22023", &["array"]);
+    }
+
+    #[pg_test]
+    fn bad_events_are_refused_and_store_nothing() {
+        expect_error("SELECT jobs.send('')", "22023", &["name \"\"", "empty"]);
+        expect_error(
+            &format!("SELECT jobs.send('{}')", "x".repeat(257)),
+            "22023",
+            &["256"],
+        );
+        expect_error(
+            "SELECT jobs.send('jobs/function.failed')",
+            "22023",
+            &["jobs/function.failed", "reserved"],
+        );
+        expect_error("SELECT jobs.send(NULL::text)", "22004", &["name"]);
+        expect_error(
+            "SELECT jobs.send('app/x', '[1, 2]')",
+            "22023",
+            &["data", "app/x", "object"],
+        );
+        expect_error(
+            "SELECT jobs.send('app/x', '42')",
+            "22023",
+            &["data", "object"],
+        );
+        expect_error("SELECT jobs.send('app/x', NULL)", "22004", &["data"]);
+        expect_error("SELECT jobs.send('app/x', '{}', '')", "22023", &["id"]);
+        expect_error(
+            "SELECT jobs.send('[{\"name\": \"app/a\"}]')",
+            "22023",
+            &["jsonb"],
+        );
+        Spi::run("SET LOCAL jobs.max_event_size = '1kB'").unwrap();
+        expect_error(
+            &format!(
+                "SELECT jobs.send('app/big', jsonb_build_object('blob', '{}'))",
+                "x".repeat(2000)
+            ),
+            "54000",
+            &["app/big", "jobs.max_event_size", "1 kB"],
+        );
+        Spi::run(&format!(
+            "SELECT jobs.send('app/small', jsonb_build_object('blob', '{}'))",
+            "x".repeat(500)
+        ))
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn duplicate_ids_are_recorded_but_start_nothing() {
+        setup_handler();
+        Spi::run(
+            "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"event\": \"app/order.paid\"}')",
+        )
+        .unwrap();
+        let first =
+            Spi::get_one::<pgrx::Uuid>("SELECT jobs.send('app/order.paid', '{}', 'order-1')")
+                .unwrap()
+                .unwrap();
+        Spi::run("SELECT jobs.send('app/order.paid', '{}', 'order-1')").unwrap();
+        assert_eq!(count("SELECT count(*) FROM jobs.events"), 2);
+        assert_eq!(count("SELECT count(*) FROM jobs.runs"), 1);
+        let duplicate_of = Spi::get_one::<pgrx::Uuid>(
+            "SELECT duplicate_of FROM jobs.events WHERE duplicate_of IS NOT NULL",
+        )
+        .unwrap();
+        assert_eq!(duplicate_of, Some(first));
+        // Past the 24-hour window the id starts runs again.
+        Spi::run("UPDATE jobs.dedup_ids SET seen_at = seen_at - interval '25 hours'").unwrap();
+        Spi::run("SELECT jobs.send('app/order.paid', '{}', 'order-1')").unwrap();
+        assert_eq!(count("SELECT count(*) FROM jobs.runs"), 2);
+    }
+
+    #[pg_test]
+    fn future_ts_delays_the_run() {
+        setup_handler();
+        Spi::run(
+            "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"event\": \"app/later\"}')",
+        )
+        .unwrap();
+        Spi::run("SELECT jobs.send('app/later', '{}', NULL, now() + interval '1 hour')").unwrap();
+        assert_eq!(
+            count("SELECT count(*) FROM jobs.queue WHERE due_at = now() + interval '1 hour'"),
+            1
+        );
+    }
+
+    #[pg_test]
+    fn bad_definitions_are_refused_and_change_nothing() {
+        setup_handler();
+        Spi::run("CREATE FUNCTION public.wrong(x text) RETURNS text LANGUAGE sql AS 'SELECT x'")
+            .unwrap();
+        Spi::run(
+            "CREATE FUNCTION public.many(ctx jsonb) RETURNS SETOF int LANGUAGE sql AS 'SELECT 1'",
+        )
+        .unwrap();
+        expect_error(
+            "SELECT jobs.create_function('f', 'nope(jsonb)')",
+            "42883",
+            &["nope"],
+        );
+        expect_error(
+            "SELECT jobs.create_function('f', 'wrong(text)')",
+            "42P13",
+            &["public.wrong(text)", "jsonb"],
+        );
+        expect_error(
+            "SELECT jobs.create_function('f', 'many(jsonb)')",
+            "42P13",
+            &["public.many(jsonb)"],
+        );
+        expect_error(
+            "SELECT jobs.create_function('', 'handler(jsonb)')",
+            "22023",
+            &["function id"],
+        );
+        expect_error(
+            "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"retires\": 3}')",
+            "22023",
+            &["\"retires\"", "unknown key"],
+        );
+        expect_error(
+            "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"retries\": 99}')",
+            "22023",
+            &["\"retries\"", "99"],
+        );
+        expect_error(
+            "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"retries\": {\"attempts\": 3, \"backoff\": {\"type\": \"sometimes\"}}}')",
+            "22023",
+            &["retries.backoff.type", "sometimes"],
+        );
+        expect_error(
+            "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"max_runtime\": \"ages\"}')",
+            "22023",
+            &["max_runtime", "ages"],
+        );
+        expect_error(
+            "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"event\": \"a/b\", \"if\": \"event.data.x > 1 && usr.id == 2\"}')",
+            "22023",
+            &["\"if\"", "usr", "position 21"],
+        );
+        expect_error(
+            "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"event\": \"app/user*\"}')",
+            "22023",
+            &["\"event\"", "app/user*"],
+        );
+        expect_error(
+            "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"cron\": \"0 9 * * *\"}')",
+            "0A000",
+            &["\"cron\"", "not supported yet"],
+        );
+        expect_error(
+            "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"concurrency\": 5}')",
+            "0A000",
+            &["concurrency"],
+        );
+        assert_eq!(count("SELECT count(*) FROM jobs.functions"), 0);
+    }
+
+    #[pg_test]
+    fn create_function_upserts_by_id() {
+        setup_handler();
+        Spi::run("SELECT jobs.create_function('f', 'handler(jsonb)', '{\"event\": \"app/a\", \"retries\": 2}')").unwrap();
+        Spi::run("SELECT jobs.create_function('f', 'handler(jsonb)', '{\"event\": [\"app/b\", \"app/c.*\"], \"maxRuntime\": \"30s\"}')").unwrap();
+        assert_eq!(count("SELECT count(*) FROM jobs.functions"), 1);
+        assert_eq!(count("SELECT max_attempts FROM jobs.functions"), 5);
+        assert_eq!(
+            count("SELECT extract(epoch FROM max_runtime)::int8 FROM jobs.functions"),
+            30
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM jobs.triggers WHERE function_id = 'f'"),
+            2
+        );
+        assert_eq!(
+            Spi::get_one::<String>("SELECT handler FROM jobs.functions")
+                .unwrap()
+                .as_deref(),
+            Some("public.handler(jsonb)")
+        );
+    }
+
+    #[pg_test]
+    fn unknown_function_ids_are_errors() {
+        for call in [
+            "pause_function",
+            "resume_function",
+            "delete_function",
+            "invoke_function",
+        ] {
+            expect_error(
+                &format!("SELECT jobs.{call}('ghost')"),
+                "42704",
+                &["\"ghost\"", "does not exist"],
+            );
+        }
+    }
+
+    #[pg_test]
+    fn pause_holds_runs_and_resume_releases_them() {
+        setup_handler();
+        Spi::run("SELECT jobs.create_function('f', 'handler(jsonb)', '{\"event\": \"app/p\"}')")
+            .unwrap();
+        Spi::run(
+            "SELECT jobs.send('app/p'); SELECT jobs.pause_function('f'); SELECT jobs.send('app/p')",
+        )
+        .unwrap();
+        assert_eq!(count("SELECT count(*) FROM jobs.queue WHERE held"), 2);
+        Spi::run("SELECT jobs.resume_function('f')").unwrap();
+        assert_eq!(count("SELECT count(*) FROM jobs.queue WHERE NOT held"), 2);
+    }
+
+    #[pg_test]
+    fn invoke_starts_one_run_even_without_triggers() {
+        setup_handler();
+        Spi::run("SELECT jobs.create_function('f', 'handler(jsonb)')").unwrap();
+        let run = Spi::get_one::<pgrx::Uuid>("SELECT jobs.invoke_function('f', '{\"x\": 1}')")
+            .unwrap()
+            .unwrap();
+        let event = Spi::get_one_with_args::<String>(
+            "SELECT e.name FROM jobs.runs r JOIN jobs.events e ON e.id = r.event_id WHERE r.id = $1",
+            &[run.into()],
+        );
+        assert_eq!(event.unwrap().as_deref(), Some("jobs/function.invoked"));
+        expect_error(
+            "SELECT jobs.invoke_function('f', '[]')",
+            "22023",
+            &["\"f\"", "object"],
+        );
+    }
+
+    #[pg_test]
+    fn delete_cancels_queued_runs() {
+        setup_handler();
+        Spi::run("SELECT jobs.create_function('f', 'handler(jsonb)', '{\"event\": \"app/d\"}'); SELECT jobs.send('app/d')").unwrap();
+        Spi::run("SELECT jobs.delete_function('f')").unwrap();
+        assert_eq!(
+            count("SELECT count(*) FROM jobs.runs WHERE status = 'cancelled'"),
+            1
+        );
+        assert_eq!(count("SELECT count(*) FROM jobs.queue"), 0);
+        assert_eq!(count("SELECT count(*) FROM jobs.triggers"), 0);
+    }
+
+    #[pg_test]
+    fn other_roles_cannot_redefine_a_function() {
+        setup_handler();
+        Spi::run("SELECT jobs.create_function('f', 'handler(jsonb)', '{\"event\": \"app/x\"}')")
+            .unwrap();
+        attempt("SELECT 1");
+        Spi::run(
+            "CREATE ROLE jobs_intruder;
+             GRANT USAGE ON SCHEMA jobs TO jobs_intruder;
+             GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA jobs TO jobs_intruder;
+             GRANT EXECUTE ON FUNCTION public.handler(jsonb) TO jobs_intruder;
+             SET LOCAL ROLE jobs_intruder",
+        )
+        .unwrap();
+        for call in [
+            "pause_function('f')",
+            "delete_function('f')",
+            "create_function('f', 'public.handler(jsonb)')",
+        ] {
+            let got = attempt(&format!("SELECT jobs.{call}"));
+            assert!(
+                got.starts_with("42501: ") && got.contains("\"f\""),
+                "{call}: {got}"
+            );
+        }
+        // The role may still send events (it was granted jobs.send).
+        assert_eq!(attempt("SELECT jobs.send('app/x')"), "ok");
+        Spi::run("RESET ROLE").unwrap();
+        assert_eq!(count("SELECT count(*) FROM jobs.functions WHERE NOT paused AND config = '{\"event\": \"app/x\"}'"), 1);
+        assert_eq!(
+            count("SELECT count(*) FROM jobs.runs WHERE function_id = 'f'"),
+            1
+        );
+    }
+}

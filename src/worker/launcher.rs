@@ -1,0 +1,179 @@
+//! The launcher: one per server, started by the postmaster (pg_cron's model).
+//! It waits for the extension in `jobs.database`, recovers work that was in
+//! flight, keeps `jobs.workers` executors running and does housekeeping.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use pgrx::bgworkers::{
+    BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime, DynamicBackgroundWorker,
+};
+use pgrx::prelude::*;
+
+use super::{attach_signal_handlers, handle_interrupts, in_transaction, wait};
+use crate::gucs::{self, MAX_WORKERS};
+use crate::shmem::shared;
+
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
+
+pub fn register() {
+    BackgroundWorkerBuilder::new("pg_jobs launcher")
+        .set_type("pg_jobs launcher")
+        .set_library("pg_jobs")
+        .set_function("pg_jobs_launcher_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(1)))
+        .load();
+}
+
+fn extension_installed() -> bool {
+    Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_jobs')",
+    )
+    .expect("looking for the extension")
+        == Some(true)
+}
+
+/// Executors left by an earlier launcher (one that exited on an error while
+/// they ran on) are told to stop, so that this launcher owns all claims.
+fn stop_orphaned_executors() {
+    let slots = &shared().workers;
+    for slot in slots {
+        let pid = slot.pid.load(Ordering::SeqCst);
+        if pid != 0 {
+            signal_stop(pid);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while slots.iter().any(|s| s.pid.load(Ordering::SeqCst) != 0) && Instant::now() < deadline {
+        handle_interrupts();
+        wait(Duration::from_millis(100));
+    }
+}
+
+/// SIGTERM: the executor stops at its next interrupt check, even inside user code.
+fn signal_stop(pid: i32) {
+    extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    unsafe { kill(pid, pg_sys::SIGTERM as i32) };
+}
+
+/// Runs claimed by executors that no longer exist become claimable again; the
+/// interrupted attempt counts (see README, "Crashes").
+fn release_claims(pids: &[i32]) -> i64 {
+    Spi::get_one_with_args::<i64>(
+        "WITH released AS (
+            UPDATE jobs.queue SET claimed_by = NULL
+            WHERE claimed_by = ANY ($1) RETURNING 1)
+         SELECT count(*) FROM released",
+        &[pids.to_vec().into()],
+    )
+    .expect("releasing claims")
+    .unwrap_or(0)
+}
+
+fn release_all_claims() -> i64 {
+    Spi::get_one::<i64>(
+        "WITH released AS (
+            UPDATE jobs.queue SET claimed_by = NULL WHERE claimed_by IS NOT NULL RETURNING 1)
+         SELECT count(*) FROM released",
+    )
+    .expect("releasing claims")
+    .unwrap_or(0)
+}
+
+fn housekeeping() {
+    Spi::run("DELETE FROM jobs.dedup_ids WHERE seen_at < now() - interval '24 hours'")
+        .expect("expiring dedup ids");
+}
+
+fn start_executor(slot: usize) -> Option<DynamicBackgroundWorker> {
+    let started = BackgroundWorkerBuilder::new(&format!("pg_jobs executor {slot}"))
+        .set_type("pg_jobs executor")
+        .set_library("pg_jobs")
+        .set_function("pg_jobs_executor_main")
+        .set_argument((slot as i32).into_datum())
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(None)
+        .set_notify_pid(unsafe { pg_sys::MyProcPid })
+        .load_dynamic();
+    if started.is_err() {
+        warning!("pg_jobs: could not start executor {slot}: raise max_worker_processes (jobs.workers = {})", gucs::WORKERS.get());
+    }
+    started.ok()
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pg_jobs_launcher_main(_arg: pg_sys::Datum) {
+    attach_signal_handlers();
+    let database = gucs::database();
+    pgrx::bgworkers::BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+
+    let mut executors: Vec<Option<DynamicBackgroundWorker>> =
+        (0..MAX_WORKERS).map(|_| None).collect();
+    let mut running = false;
+    let mut last_housekeeping = Instant::now();
+    loop {
+        handle_interrupts();
+        let installed = in_transaction(extension_installed);
+        if installed && !running {
+            stop_orphaned_executors();
+            let released = in_transaction(release_all_claims);
+            if released > 0 {
+                log!("pg_jobs: resuming {released} run(s) that were in flight when the server stopped");
+            }
+            running = true;
+        } else if !installed && running {
+            for handle in executors.iter_mut().filter_map(Option::take) {
+                handle.terminate();
+            }
+            running = false;
+        }
+        if running {
+            supervise(&mut executors);
+            if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
+                in_transaction(housekeeping);
+                last_housekeeping = Instant::now();
+            }
+        }
+        // Executors starting or stopping set this latch (bgw_notify_pid), so
+        // the timeout only bounds how soon a CREATE EXTENSION is noticed.
+        wait(Duration::from_millis(
+            gucs::POLL_INTERVAL_MS.get().max(100) as u64
+        ));
+    }
+}
+
+/// Keeps exactly `jobs.workers` executors alive, releasing the claims of any
+/// that stopped. Executors beyond `jobs.workers` (after a reload) are asked to
+/// stop and tracked until they have, so that their claims are released too.
+fn supervise(executors: &mut [Option<DynamicBackgroundWorker>]) {
+    let wanted = gucs::WORKERS.get() as usize;
+    let mut stopped_pids = Vec::new();
+    for (slot, executor) in executors.iter_mut().enumerate() {
+        let Some(handle) = executor else { continue };
+        match handle.pid() {
+            Err(BackgroundWorkerStatus::Stopped) => {
+                *executor = None;
+                stopped_pids.push(shared().workers[slot].last_pid.load(Ordering::SeqCst));
+            }
+            Ok(pid) if slot >= wanted => signal_stop(pid),
+            _ => {}
+        }
+    }
+    if !stopped_pids.is_empty() {
+        let released = in_transaction(|| release_claims(&stopped_pids));
+        if released > 0 {
+            log!("pg_jobs: an executor stopped; {released} run(s) it held will be retried");
+        }
+    }
+    for (slot, executor) in executors.iter_mut().enumerate().take(wanted) {
+        if executor.is_none() {
+            *executor = start_executor(slot);
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Background workers: one launcher per server and the executors it keeps running.
+
+pub mod executor;
+mod invoke;
+pub mod launcher;
+
+use std::time::Duration;
+
+use pgrx::prelude::*;
+
+/// Runs `f` in its own transaction and commits it. An error inside ends the
+/// worker (it is restarted); errors from user code never get here, they are
+/// caught around each invocation.
+fn in_transaction<R>(f: impl FnOnce() -> R) -> R {
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let result = f();
+    unsafe {
+        pg_sys::PopActiveSnapshot();
+        pg_sys::CommitTransactionCommand();
+        // Background workers must flush their statistics themselves; autovacuum
+        // relies on them to keep the queue small. The call rate-limits itself.
+        pg_sys::pgstat_report_stat(false);
+    }
+    result
+}
+
+/// SIGTERM interrupts whatever runs (user code included) at its next interrupt
+/// check; SIGHUP asks for a settings reload.
+fn attach_signal_handlers() {
+    // PostgreSQL's own handlers, as signal handlers (pg_sys wraps them as Rust functions).
+    extern "C-unwind" {
+        fn die(signal: std::ffi::c_int);
+        fn SignalHandlerForConfigReload(signal: std::ffi::c_int);
+    }
+    unsafe {
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(die));
+        pg_sys::pqsignal(pg_sys::SIGHUP as i32, Some(SignalHandlerForConfigReload));
+        pg_sys::BackgroundWorkerUnblockSignals();
+    }
+}
+
+fn handle_interrupts() {
+    unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
+    pg_sys::check_for_interrupts!();
+    unsafe {
+        if pg_sys::ConfigReloadPending != 0 {
+            pg_sys::ConfigReloadPending = 0;
+            pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
+        }
+    }
+}
+
+/// Sleeps until the latch is set or `timeout` passes; exits if the postmaster dies.
+/// Callers reset the latch before they look for work, never after.
+fn wait(timeout: Duration) {
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            timeout.as_millis().clamp(1, i32::MAX as u128) as i64,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+    }
+}
+
+fn report_activity(state: pg_sys::BackendState::Type, activity: &str) {
+    let text = std::ffi::CString::new(activity).unwrap_or_default();
+    unsafe { pg_sys::pgstat_report_activity(state, text.as_ptr()) };
+}
