@@ -14,15 +14,19 @@ pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16);
 pub static MAX_EVENT_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(512);
 
-pub fn define() {
-    GucRegistry::define_string_guc(
-        c"jobs.database",
-        c"Database in which pg_jobs runs functions.",
-        c"The launcher connects to this database; CREATE EXTENSION pg_jobs there.",
-        &DATABASE,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
+/// `preloading`: called from shared_preload_libraries, the only time a
+/// postmaster-level setting may be defined.
+pub fn define(preloading: bool) {
+    if preloading {
+        GucRegistry::define_string_guc(
+            c"jobs.database",
+            c"Database in which pg_jobs runs functions.",
+            c"The launcher connects to this database; CREATE EXTENSION pg_jobs there.",
+            &DATABASE,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
     GucRegistry::define_int_guc(
         c"jobs.workers",
         c"Number of executors that run functions.",

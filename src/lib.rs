@@ -24,8 +24,9 @@ pub extern "C-unwind" fn _PG_init() {
     if unsafe { pg_sys::IsBinaryUpgrade } {
         return;
     }
-    gucs::define();
-    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    gucs::define(preloading);
+    if !preloading {
         // Loaded by CREATE EXTENSION or a first call in one session: the API
         // works, but there are no workers; every entry point says so.
         return;

@@ -1,6 +1,7 @@
 //! Calling user code: in a subtransaction, as the function's owner, with the
 //! session state it changes put back afterwards, bounded by `max_runtime`.
 
+use std::cell::Cell;
 use std::ffi::{CStr, CString};
 use std::time::Duration;
 
@@ -36,10 +37,16 @@ impl Failure {
         })
     }
 
-    fn from_caught(error: CaughtError) -> Failure {
+    /// `sqlstate` is the code PostgreSQL raised, which pgrx's report keeps only
+    /// for the codes it knows (user-defined ones would read XX000).
+    fn from_caught(error: CaughtError, sqlstate: i32) -> Failure {
         match error {
             CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => Failure {
-                sqlstate: report.sql_error_code().to_string(),
+                sqlstate: if sqlstate != 0 {
+                    unpack_sqlstate(sqlstate)
+                } else {
+                    format!("{:?}", report.sql_error_code())
+                },
                 message: report.message().to_string(),
                 detail: report.detail().map(str::to_string),
                 hint: report.hint().map(str::to_string),
@@ -49,6 +56,25 @@ impl Failure {
             }
         }
     }
+}
+
+fn unpack_sqlstate(code: i32) -> String {
+    (0..5)
+        .map(|i| char::from(((code >> (6 * i)) & 0x3F) as u8 + b'0'))
+        .collect()
+}
+
+thread_local! {
+    /// SQLSTATE of the last error raised while user code ran.
+    static RAISED_SQLSTATE: Cell<i32> = const { Cell::new(0) };
+}
+
+/// An error context callback: PostgreSQL calls it while it builds each error
+/// report, so the code can be read before the error is turned into a panic.
+#[pg_guard]
+unsafe extern "C-unwind" fn remember_sqlstate(_arg: *mut std::ffi::c_void) {
+    let code = unsafe { pg_sys::geterrcode() };
+    RAISED_SQLSTATE.with(|c| c.set(code));
 }
 
 /// PostgreSQL's statement timeout, armed by hand: executors run user code
@@ -101,6 +127,13 @@ pub fn run(call: &Call, ctx: &str) -> Result<Option<String>, Failure> {
     let outer_context = unsafe { pg_sys::CurrentMemoryContext };
     let outer_owner = unsafe { pg_sys::CurrentResourceOwner };
     unsafe { pg_sys::BeginInternalSubTransaction(std::ptr::null()) };
+    RAISED_SQLSTATE.with(|c| c.set(0));
+    let mut error_context = pg_sys::ErrorContextCallback {
+        previous: unsafe { pg_sys::error_context_stack },
+        callback: Some(remember_sqlstate),
+        arg: std::ptr::null_mut(),
+    };
+    unsafe { pg_sys::error_context_stack = &mut error_context };
 
     let result = PgTryBuilder::new(|| {
         let output = as_owner(call, || unsafe { execute(&call.sql, &ctx) });
@@ -108,15 +141,15 @@ pub fn run(call: &Call, ctx: &str) -> Result<Option<String>, Failure> {
         Ok(output)
     })
     .catch_others(|error| {
-        let timed_out = unsafe {
-            timeout::disable_timeout(timeout::STATEMENT_TIMEOUT, false);
-            timeout::get_timeout_indicator(timeout::STATEMENT_TIMEOUT, true)
-        };
         unsafe {
+            timeout::disable_timeout(timeout::STATEMENT_TIMEOUT, false);
             pg_sys::MemoryContextSwitchTo(outer_context);
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
         }
-        let mut failure = Failure::from_caught(error);
+        let mut failure = Failure::from_caught(error, RAISED_SQLSTATE.with(Cell::get));
+        // Only the max_runtime timer arms the statement timeout in an executor.
+        let timed_out =
+            failure.sqlstate == "57014" && failure.message.contains("statement timeout");
         if let (true, Some(limit)) = (timed_out, call.max_runtime) {
             failure.message = format!(
                 "the attempt ran longer than max_runtime ({})",
@@ -128,6 +161,7 @@ pub fn run(call: &Call, ctx: &str) -> Result<Option<String>, Failure> {
     .execute();
 
     unsafe {
+        pg_sys::error_context_stack = error_context.previous;
         pg_sys::MemoryContextSwitchTo(outer_context);
         pg_sys::CurrentResourceOwner = outer_owner;
     }

@@ -1,0 +1,166 @@
+//! Crashes, restarts and reloads: nothing committed is lost, nothing finishes twice.
+//! These tests restart the server, so they take turns.
+
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use pg_jobs_e2e::*;
+
+fn cluster() -> (&'static Cluster, MutexGuard<'static, ()>) {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    static TURN: Mutex<()> = Mutex::new(());
+    let turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let cluster = CLUSTER.get_or_init(|| {
+        let cluster = Cluster::with_pg_jobs("lifecycle", &[]);
+        cluster
+            .connect()
+            .batch_execute(
+                "CREATE TABLE gate (name text PRIMARY KEY, open bool NOT NULL DEFAULT false);
+                 CREATE TABLE effects (function_id text, attempt int, at timestamptz DEFAULT clock_timestamp());
+                 -- Writes its effect, then waits at its gate: the test interrupts it there.
+                 CREATE FUNCTION gated(ctx jsonb) RETURNS text LANGUAGE plpgsql AS $$
+                 BEGIN
+                     INSERT INTO effects VALUES (ctx->>'function_id', (ctx->>'attempt')::int);
+                     WHILE NOT (SELECT open FROM gate WHERE name = ctx->>'function_id') LOOP
+                         PERFORM pg_sleep(0.02);
+                     END LOOP;
+                     RETURN 'done on attempt ' || (ctx->>'attempt');
+                 END $$;",
+            )
+            .unwrap();
+        cluster
+    });
+    (cluster, turn)
+}
+
+/// Defines a gated function, sends its event and waits until an executor runs it; returns that executor's pid.
+fn start_gated_run(cluster: &Cluster, function_id: &str) -> i32 {
+    let mut c = cluster.connect();
+    c.execute("INSERT INTO gate VALUES ($1, false)", &[&function_id])
+        .unwrap();
+    c.execute(
+        "SELECT jobs.create_function($1, 'gated(jsonb)', jsonb_build_object('event', 'test/' || $1, 'retries', 3))",
+        &[&function_id],
+    )
+    .unwrap();
+    c.execute("SELECT jobs.send('test/' || $1::text)", &[&function_id])
+        .unwrap();
+    let mut pid = 0;
+    wait_until(
+        "an executor runs the gated function",
+        Duration::from_secs(30),
+        || {
+            let rows = c
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_jobs executor' AND query LIKE '%of ' || $1",
+                &[&function_id],
+            )
+            .unwrap();
+            pid = rows.first().map_or(0, |row| row.get(0));
+            pid != 0
+        },
+    );
+    pid
+}
+
+/// Opens the gate and checks the run completed on its second attempt with exactly one effect.
+fn finish_and_check(cluster: &Cluster, function_id: &str) {
+    let mut c = cluster.connect();
+    c.execute(
+        "UPDATE gate SET open = true WHERE name = $1",
+        &[&function_id],
+    )
+    .unwrap();
+    assert_eq!(wait_for_runs(&mut c, function_id, 1), ["completed"]);
+    let row = c
+        .query_one(
+            "SELECT attempt, output #>> '{}' FROM jobs.runs WHERE function_id = $1",
+            &[&function_id],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1, "the interrupted attempt counts");
+    assert_eq!(row.get::<_, String>(1), "done on attempt 1");
+    let effects: Vec<i32> = c
+        .query(
+            "SELECT attempt FROM effects WHERE function_id = $1",
+            &[&function_id],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        effects,
+        [1],
+        "the interrupted attempt's write was rolled back; the run's effect exists once"
+    );
+}
+
+#[test]
+fn sigkill_of_an_executor_mid_run_loses_nothing_and_runs_once() {
+    let (cluster, _turn) = cluster();
+    let pid = start_gated_run(cluster, "sigkill-mid-run");
+    kill_9(pid);
+    // The postmaster restarts every process; the launcher releases the claim.
+    cluster.wait_for_executors(2);
+    finish_and_check(cluster, "sigkill-mid-run");
+    assert!(
+        cluster
+            .log()
+            .contains("resuming 1 run(s) that were in flight"),
+        "{}",
+        cluster.log()
+    );
+}
+
+#[test]
+fn immediate_shutdown_mid_run_then_restart_resumes_the_run() {
+    let (cluster, _turn) = cluster();
+    start_gated_run(cluster, "immediate-shutdown");
+    cluster.stop_immediately();
+    cluster.start_server();
+    cluster.wait_for_executors(2);
+    let mut c = cluster.connect();
+    let status: String = c
+        .query_one(
+            "SELECT status FROM jobs.runs WHERE function_id = 'immediate-shutdown'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(status == "running" || status == "queued", "{status}");
+    finish_and_check(cluster, "immediate-shutdown");
+}
+
+#[test]
+fn a_terminated_executor_is_replaced_and_its_run_retried() {
+    let (cluster, _turn) = cluster();
+    let pid = start_gated_run(cluster, "terminated");
+    let mut c = cluster.connect();
+    c.execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
+    wait_until(
+        "a new executor replaces the terminated one",
+        Duration::from_secs(30),
+        || {
+            let pids = cluster.executor_pids(&mut c);
+            pids.len() == 2 && !pids.contains(&pid)
+        },
+    );
+    finish_and_check(cluster, "terminated");
+    assert!(cluster
+        .log()
+        .contains("an executor stopped; 1 run(s) it held will be retried"));
+}
+
+#[test]
+fn settings_reload_on_sighup() {
+    let (cluster, _turn) = cluster();
+    let mut c = cluster.connect();
+    c.execute("ALTER SYSTEM SET jobs.workers = 3", &[]).unwrap();
+    c.execute("SELECT pg_reload_conf()", &[]).unwrap();
+    cluster.wait_for_executors(3);
+    c.execute("ALTER SYSTEM RESET jobs.workers", &[]).unwrap();
+    c.execute("SELECT pg_reload_conf()", &[]).unwrap();
+    cluster.wait_for_executors(2);
+}
