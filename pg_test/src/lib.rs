@@ -3,8 +3,10 @@
 //! through a real client connection.
 //!
 //! Each test binary starts its own cluster on a free port, under
-//! `target/pg_test/<name>`; tests of one binary share it, so they use their own
-//! function ids and event names.
+//! `$TMPDIR/pg_jobs-e2e/<name>` (the `postgres` OS user must be able to reach
+//! it, which a checkout under /root would not allow); its `server.log` stays
+//! there after the run. Tests of one binary share the cluster, so they use
+//! their own function ids and event names.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -78,21 +80,25 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn target_dir() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap().join("target").join("pg_test")
+fn clusters_dir() -> PathBuf {
+    std::env::temp_dir().join("pg_jobs-e2e")
 }
 
 impl Cluster {
     /// Initializes and starts a cluster. `settings` go to postgresql.conf.
     pub fn start(name: &str, settings: &[&str]) -> Cluster {
         let bin_dir = bin_dir();
-        let data_dir = target_dir().join(name);
+        let data_dir = clusters_dir().join(name);
         if data_dir.join("postmaster.pid").exists() {
             let _ = pg_ctl(&bin_dir, &data_dir, &["stop", "-m", "immediate", "-w"]);
         }
         let _ = std::fs::remove_dir_all(&data_dir);
         std::fs::create_dir_all(&data_dir).unwrap();
+        std::fs::set_permissions(
+            clusters_dir(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         if is_root() {
             let status = Command::new("chown")
                 .arg("postgres:")

@@ -1,0 +1,38 @@
+# pg_jobs: `make demo` shows it working, `make test` runs every test.
+PG_MAJOR ?= 15
+PG_CONFIG ?= /usr/lib/postgresql/$(PG_MAJOR)/bin/pg_config
+PGRX_TEST_DATA ?= /tmp/pg_jobs-pgrx-test
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: setup build install demo demo-stop test unit-test pg-test e2e-test lint
+
+setup:
+	@scripts/setup.sh
+
+install: setup
+	$(SUDO) env "PATH=$$PATH" cargo pgrx install --release --pg-config $(PG_CONFIG)
+
+demo: install
+	@scripts/demo.sh
+
+demo-stop:
+	@scripts/cluster.sh stop demo
+
+# Pure logic, then the SQL API in one backend, then end-to-end scenarios on real clusters.
+test: setup unit-test pg-test e2e-test
+
+unit-test:
+	cargo test --lib
+
+pg-test:
+	$(SUDO) install -d -o postgres $(PGRX_TEST_DATA)
+	cargo pgrx test pg$(PG_MAJOR) --runas postgres --pgdata $(PGRX_TEST_DATA)/data
+
+# `cargo pgrx test` installs its own test build; install the real one first.
+e2e-test: install
+	cargo test -p pg_jobs_e2e
+
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --features pg_test --all-targets -- -D warnings
