@@ -68,46 +68,63 @@ CREATE TABLE jobs.runs (
 CREATE INDEX runs_function_id_created_at ON jobs.runs (function_id, created_at);
 CREATE INDEX runs_event_id ON jobs.runs (event_id);
 
--- Steps of each run (durable steps fill this table; see README).
+-- Steps of each run, in the order they started: the run's timeline.
 CREATE TABLE jobs.steps (
     run_id      uuid NOT NULL,
+    -- The id the handler gave, numbered when repeated: 'send', 'send:1', ...
     id          text NOT NULL,
+    -- The id as the handler gave it ('send' for 'send:1').
     name        text NOT NULL,
-    kind        text NOT NULL,
-    status      text NOT NULL,
+    kind        text NOT NULL CHECK (kind IN ('run', 'sleep')),
+    status      text NOT NULL CHECK (status IN
+                ('queued', 'retrying', 'sleeping', 'completed', 'failed')),
+    -- Attempts made (failed or not).
     attempts    int NOT NULL DEFAULT 0,
     output      jsonb,
+    -- {"sqlstate", "message", "detail", "hint"} of the last failed attempt.
     error       jsonb,
-    started_at  timestamptz,
+    started_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     ended_at    timestamptz,
     PRIMARY KEY (run_id, id)
 );
 
--- One row per failed attempt, so that a run's retries can be read back.
+-- One row per failed attempt, of a step or of the handler itself (step_id '').
 CREATE TABLE jobs.attempt_errors (
     run_id      uuid NOT NULL,
+    step_id     text NOT NULL DEFAULT '',
     attempt     int NOT NULL,
     sqlstate    text NOT NULL,
     message     text NOT NULL,
     detail      text,
     hint        text,
     failed_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
-    PRIMARY KEY (run_id, attempt)
+    PRIMARY KEY (run_id, step_id, attempt)
 );
 
--- Runs that are not finished. Executors claim from here, never from jobs.runs,
--- so the hot path stays small however long the history grows.
+-- Work that is not finished: one row per unfinished run (step_id ''), and one
+-- per step planned by jobs.parallel while it waits for an executor. Executors
+-- claim from here, never from jobs.runs, so the hot path stays small however
+-- long the history grows.
 CREATE TABLE jobs.queue (
-    run_id      uuid PRIMARY KEY,
+    run_id      uuid NOT NULL,
+    step_id     text NOT NULL DEFAULT '',
     function_id text NOT NULL,
-    -- When the run may next execute (event ts, retry backoff).
+    -- When the work may next execute (event ts, retry backoff, sleep end;
+    -- 'infinity' while the run waits for its parallel steps).
     due_at      timestamptz NOT NULL,
-    -- The function is paused: the run waits for jobs.resume_function.
+    -- The function is paused: the work waits for jobs.resume_function.
     held        boolean NOT NULL DEFAULT false,
-    -- Executor process holding the run; NULL when it is free to claim.
+    -- Executor process holding the work; NULL when it is free to claim.
     claimed_by  int,
-    -- Attempts started, including any interrupted by a crash.
-    claims      int NOT NULL DEFAULT 0
+    -- Claims without a recorded outcome since: above 1 at claim time means the
+    -- previous holder stopped mid-attempt (crash, restart, termination).
+    claims      int NOT NULL DEFAULT 0,
+    -- A parallel step's SQL and $1.
+    sql         text,
+    args        jsonb,
+    -- A run's parallel steps not finished yet.
+    pending_steps int NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, step_id)
 ) WITH (fillfactor = 70);
 CREATE INDEX queue_runnable ON jobs.queue (due_at) WHERE claimed_by IS NULL AND NOT held;
 CREATE INDEX queue_function_id ON jobs.queue (function_id);

@@ -1,10 +1,19 @@
 -- Who may do what. Nothing is granted to PUBLIC: sending an event makes other
 -- roles' code run, so a superuser decides who may send and who may define
 -- functions (README, "Security"):
---   GRANT USAGE ON SCHEMA jobs TO app;
 --   GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA jobs TO app;
 --   GRANT SELECT ON ALL TABLES IN SCHEMA jobs TO app;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA jobs FROM PUBLIC;
+
+-- What handlers call acts only inside a handler pg_jobs runs, on its own run,
+-- by the role the handler runs as: harmless elsewhere, needed by every owner.
+GRANT USAGE ON SCHEMA jobs TO PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    jobs.step(text, text, jsonb), jobs._step(text, text, jsonb),
+    jobs.plan(text, text, jsonb), jobs.parallel(jobs.step_spec[]), jobs._parallel(text[], text[], jsonb[]),
+    jobs.sleep(text, interval), jobs.sleep_until(text, timestamptz),
+    jobs.non_retriable(text), jobs.retry_after(text, interval)
+TO PUBLIC;
 
 -- A role granted SELECT sees the definitions and the runs of the functions it
 -- owns (is a member of the owner of), not those of other roles.

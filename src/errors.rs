@@ -6,6 +6,14 @@ use pgrx::{PgLogLevel, PgSqlErrorCode};
 
 use crate::config::{ConfigError, ErrorKind};
 
+/// SQLSTATEs of pg_jobs' own (raised by the SQL wrappers in sql/100_steps.sql).
+/// A step ran out of attempts; raised inside the handler at that step.
+pub const STEP_FAILED: &str = "JB001";
+/// `jobs.non_retriable`: fail now, no retry.
+pub const NON_RETRIABLE: &str = "JB002";
+/// `jobs.retry_after`: retry after the delay in the error's detail.
+pub const RETRY_AFTER: &str = "JB003";
+
 pub fn raise(code: PgSqlErrorCode, message: impl Into<String>) -> ! {
     ErrorReport::new(code, message.into(), "").report(PgLogLevel::ERROR);
     unreachable!("ERROR returns control to PostgreSQL")

@@ -10,12 +10,18 @@ mod errors;
 mod event_name;
 mod expr;
 mod gucs;
+mod replay;
 mod shmem;
 mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/001_catalog.sql", name = "catalog", bootstrap);
+extension_sql_file!(
+    "../sql/100_steps.sql",
+    name = "steps",
+    requires = [api::steps::step_internal, api::steps::parallel_internal]
+);
 extension_sql_file!("../sql/900_security.sql", name = "security", finalize);
 
 #[pg_guard]

@@ -441,4 +441,26 @@ mod tests {
             1
         );
     }
+
+    #[pg_test]
+    fn step_functions_work_only_inside_handlers() {
+        for (call, name) in [
+            ("jobs.step('a', 'SELECT 1')", "jobs.step"),
+            ("jobs.sleep('a', '1s')", "jobs.sleep"),
+            ("jobs.sleep_until('a', now())", "jobs.sleep_until"),
+            (
+                "jobs.parallel(jobs.plan('a', 'SELECT 1'), jobs.plan('b', 'SELECT 2'))",
+                "jobs.parallel",
+            ),
+        ] {
+            expect_error(&format!("SELECT {call}"), "55000", &[name, "handler"]);
+        }
+        expect_error("SELECT jobs.step(NULL, 'SELECT 1')", "22004", &["id"]);
+        expect_error(
+            "SELECT jobs.non_retriable('bad input')",
+            "JB002",
+            &["bad input"],
+        );
+        expect_error("SELECT jobs.retry_after('busy', '30s')", "JB003", &["busy"]);
+    }
 }

@@ -156,16 +156,20 @@ impl Cluster {
         cluster
     }
 
-    /// The usual test cluster: pg_jobs preloaded, two executors.
-    pub fn with_pg_jobs(name: &str, extra: &[&str]) -> Cluster {
-        let mut settings = vec!["shared_preload_libraries = 'pg_jobs'", "jobs.workers = 2"];
+    /// The usual test cluster: pg_jobs preloaded, `workers` executors.
+    pub fn with_pg_jobs(name: &str, workers: usize, extra: &[&str]) -> Cluster {
+        let workers_setting = format!("jobs.workers = {workers}");
+        let mut settings = vec![
+            "shared_preload_libraries = 'pg_jobs'",
+            workers_setting.as_str(),
+        ];
         settings.extend_from_slice(extra);
         let cluster = Cluster::start(name, &settings);
         cluster
             .connect()
             .batch_execute("CREATE EXTENSION pg_jobs")
             .unwrap();
-        cluster.wait_for_executors(2);
+        cluster.wait_for_executors(workers);
         cluster
     }
 
@@ -230,11 +234,32 @@ impl Cluster {
     }
 
     pub fn wait_for_executors(&self, count: usize) {
+        self.wait_for_new_executors(count, &[]);
+    }
+
+    /// Waits until `count` executors run and none of them is one of `gone`
+    /// (after a kill, the postmaster restarts them all).
+    pub fn wait_for_new_executors(&self, count: usize, gone: &[i32]) {
         let mut client = self.connect();
         wait_until(
             &format!("{count} executors running"),
             Duration::from_secs(30),
-            || self.executor_pids(&mut client).len() == count,
+            || {
+                // After a crash the server restarts under us: reconnect and look again.
+                match client.query(
+                    "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_jobs executor'",
+                    &[],
+                ) {
+                    Ok(rows) => {
+                        rows.len() == count
+                            && rows.iter().all(|row| !gone.contains(&row.get::<_, i32>(0)))
+                    }
+                    Err(_) => {
+                        client = self.connect();
+                        false
+                    }
+                }
+            },
         );
     }
 }

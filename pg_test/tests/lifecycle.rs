@@ -11,7 +11,7 @@ fn cluster() -> (&'static Cluster, MutexGuard<'static, ()>) {
     static TURN: Mutex<()> = Mutex::new(());
     let turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let cluster = CLUSTER.get_or_init(|| {
-        let cluster = Cluster::with_pg_jobs("lifecycle", &[]);
+        let cluster = Cluster::with_pg_jobs("lifecycle", 2, &[]);
         cluster
             .connect()
             .batch_execute(
@@ -25,7 +25,28 @@ fn cluster() -> (&'static Cluster, MutexGuard<'static, ()>) {
                          PERFORM pg_sleep(0.02);
                      END LOOP;
                      RETURN 'done on attempt ' || (ctx->>'attempt');
-                 END $$;",
+                 END $$;
+                 CREATE FUNCTION wait_at_gate(gate_name text) RETURNS void LANGUAGE plpgsql AS $$
+                 BEGIN
+                     WHILE NOT (SELECT open FROM gate WHERE name = gate_name) LOOP
+                         PERFORM pg_sleep(0.02);
+                     END LOOP;
+                 END $$;
+                 -- Two steps; the gate holds the run inside the second step, or between the two.
+                 CREATE FUNCTION gated_steps(ctx jsonb) RETURNS text LANGUAGE plpgsql AS $$
+                 DECLARE
+                     f text := ctx->>'function_id';
+                 BEGIN
+                     PERFORM jobs.step('first', 'INSERT INTO effects VALUES ($1->>''f'' || ''/first'', 0)', jsonb_build_object('f', f));
+                     IF f LIKE '%between%' THEN
+                         PERFORM wait_at_gate(f);
+                     END IF;
+                     PERFORM jobs.step('second',
+                         'INSERT INTO effects VALUES ($1->>''f'' || ''/second'', 0); SELECT wait_at_gate(CASE WHEN $1->>''f'' LIKE ''%between%'' THEN ''open'' ELSE $1->>''f'' END)',
+                         jsonb_build_object('f', f));
+                     RETURN 'done';
+                 END $$;
+                 INSERT INTO gate VALUES ('open', true);",
             )
             .unwrap();
         cluster
@@ -100,9 +121,10 @@ fn finish_and_check(cluster: &Cluster, function_id: &str) {
 fn sigkill_of_an_executor_mid_run_loses_nothing_and_runs_once() {
     let (cluster, _turn) = cluster();
     let pid = start_gated_run(cluster, "sigkill-mid-run");
+    let before = cluster.executor_pids(&mut cluster.connect());
     kill_9(pid);
     // The postmaster restarts every process; the launcher releases the claim.
-    cluster.wait_for_executors(2);
+    cluster.wait_for_new_executors(2, &before);
     finish_and_check(cluster, "sigkill-mid-run");
     assert!(
         cluster
@@ -163,4 +185,97 @@ fn settings_reload_on_sighup() {
     c.execute("ALTER SYSTEM RESET jobs.workers", &[]).unwrap();
     c.execute("SELECT pg_reload_conf()", &[]).unwrap();
     cluster.wait_for_executors(2);
+}
+
+/// Starts a run of `gated_steps` and waits until an executor is at `activity` (a LIKE pattern).
+fn start_gated_steps(cluster: &Cluster, function_id: &str, activity: &str) -> i32 {
+    let mut c = cluster.connect();
+    c.execute("INSERT INTO gate VALUES ($1, false)", &[&function_id])
+        .unwrap();
+    c.execute(
+        "SELECT jobs.create_function($1, 'gated_steps(jsonb)', jsonb_build_object('event', 'test/' || $1, 'retries', 3))",
+        &[&function_id],
+    )
+    .unwrap();
+    c.execute("SELECT jobs.send('test/' || $1::text)", &[&function_id])
+        .unwrap();
+    let mut pid = 0;
+    wait_until(
+        "an executor reaches the gate",
+        Duration::from_secs(30),
+        || {
+            let rows = c
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_jobs executor' AND query LIKE $1",
+                &[&activity],
+            )
+            .unwrap();
+            pid = rows.first().map_or(0, |row| row.get(0));
+            pid != 0
+        },
+    );
+    pid
+}
+
+fn check_steps_ran_once(cluster: &Cluster, function_id: &str) {
+    let mut c = cluster.connect();
+    c.execute(
+        "UPDATE gate SET open = true WHERE name = $1",
+        &[&function_id],
+    )
+    .unwrap();
+    assert_eq!(wait_for_runs(&mut c, function_id, 1), ["completed"]);
+    for step in ["first", "second"] {
+        let effects: i64 = c
+            .query_one(
+                "SELECT count(*) FROM effects WHERE function_id = $1 || '/' || $2",
+                &[&function_id, &step],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            effects, 1,
+            "step {step} of {function_id} took effect {effects} times"
+        );
+    }
+    let attempts: Vec<i32> = c
+        .query(
+            "SELECT s.attempts FROM jobs.steps s JOIN jobs.runs r ON r.id = s.run_id WHERE r.function_id = $1 ORDER BY s.started_at",
+            &[&function_id],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(attempts, [1, 1], "a committed step never runs again");
+}
+
+#[test]
+fn sigkill_while_a_step_runs_reruns_only_that_step() {
+    let (cluster, _turn) = cluster();
+    let pid = start_gated_steps(cluster, "kill-in-step", "%of kill-in-step: step second");
+    let before = cluster.executor_pids(&mut cluster.connect());
+    kill_9(pid);
+    cluster.wait_for_new_executors(2, &before);
+    check_steps_ran_once(cluster, "kill-in-step");
+}
+
+#[test]
+fn sigkill_between_two_steps_does_not_run_the_first_again() {
+    let (cluster, _turn) = cluster();
+    let pid = start_gated_steps(cluster, "kill-between-steps", "%of kill-between-steps");
+    let mut c = cluster.connect();
+    let first_done: i64 = c
+        .query_one(
+            "SELECT count(*) FROM jobs.steps s JOIN jobs.runs r ON r.id = s.run_id
+             WHERE r.function_id = 'kill-between-steps' AND s.id = 'first' AND s.status = 'completed'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(first_done, 1, "the executor waits between the steps");
+    let before = cluster.executor_pids(&mut c);
+    kill_9(pid);
+    cluster.wait_for_new_executors(2, &before);
+    check_steps_ran_once(cluster, "kill-between-steps");
 }

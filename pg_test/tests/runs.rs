@@ -8,7 +8,7 @@ use pg_jobs_e2e::*;
 fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
     CLUSTER.get_or_init(|| {
-        let cluster = Cluster::with_pg_jobs("runs", &[]);
+        let cluster = Cluster::with_pg_jobs("runs", 2, &[]);
         cluster
             .connect()
             .batch_execute(

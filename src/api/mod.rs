@@ -2,6 +2,7 @@
 
 pub mod events;
 pub mod functions;
+pub mod steps;
 pub mod types;
 
 use std::cell::OnceCell;

@@ -28,6 +28,14 @@ impl Failure {
         }
     }
 
+    /// The attempt its executor was running when it stopped (crash, restart, termination).
+    pub fn interrupted() -> Failure {
+        Failure::new(
+            "57P01",
+            "the attempt was interrupted: its executor stopped (crash, restart or termination)",
+        )
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "sqlstate": self.sqlstate,
@@ -92,38 +100,67 @@ mod timeout {
     }
 }
 
-/// A handler call ready to run: `SELECT to_jsonb(schema.name($1::jsonb))::text`.
-pub struct Call {
-    pub sql: CString,
+/// The identity and time limit user code runs with.
+pub struct UserContext {
     pub owner: pg_sys::Oid,
     pub max_runtime: Option<Duration>,
 }
 
-impl Call {
-    pub fn new(
-        qualified_name: &str,
-        returns_void: bool,
-        owner: pg_sys::Oid,
-        max_runtime: Option<Duration>,
-    ) -> Call {
-        let call = format!("{qualified_name}($1::pg_catalog.text::pg_catalog.jsonb)");
-        let sql = if returns_void {
-            format!("SELECT {call}, NULL::pg_catalog.text")
-        } else {
-            format!("SELECT NULL, pg_catalog.to_jsonb({call})::pg_catalog.text")
-        };
-        Call {
-            sql: CString::new(sql).expect("names have no NUL"),
-            owner,
-            max_runtime,
-        }
-    }
+/// Largest step output (JSON text) kept in the history.
+const MAX_STEP_OUTPUT: usize = 4 * 1024 * 1024;
+
+/// The SQL that calls a handler: `SELECT to_jsonb(schema.name($1::jsonb))::text`.
+pub fn handler_call(qualified_name: &str, returns_void: bool) -> CString {
+    let call = format!("{qualified_name}($1::pg_catalog.text::pg_catalog.jsonb)");
+    let sql = if returns_void {
+        format!("SELECT {call}, NULL::pg_catalog.text")
+    } else {
+        format!("SELECT NULL, pg_catalog.to_jsonb({call})::pg_catalog.text")
+    };
+    CString::new(sql).expect("names have no NUL")
 }
 
-/// Runs the handler with `ctx`. Everything it did is kept on success and
-/// rolled back on failure; either way the worker's own state is as before.
-pub fn run(call: &Call, ctx: &str) -> Result<Option<String>, Failure> {
+/// Calls the handler with `ctx`; returns its value as JSON text.
+pub fn call_handler(user: &UserContext, call: &CStr, ctx: &str) -> Result<Option<String>, Failure> {
     let ctx = CString::new(ctx).expect("jsonb text has no NUL");
+    in_subtransaction(user, || unsafe {
+        let ctx = pg_sys::Datum::from(pg_sys::cstring_to_text(ctx.as_ptr()));
+        Ok(query_value(call, pg_sys::TEXTOID, ctx, 2).filter(|text| text != "null"))
+    })
+}
+
+/// Runs a step's SQL with `$1` = `args`; returns its value as JSON text: one
+/// column as that value, several as an object, no row as null.
+pub fn run_step(
+    user: &UserContext,
+    sql: &str,
+    args: Option<&str>,
+) -> Result<Option<String>, Failure> {
+    let sql = CString::new(sql)
+        .map_err(|_| Failure::new("22023", "step SQL must not contain a NUL character"))?;
+    let args = args.map(|a| CString::new(a).expect("jsonb text has no NUL"));
+    in_subtransaction(user, || unsafe {
+        let output = step_value(&sql, args.as_deref());
+        match output {
+            Some(text) if text.len() > MAX_STEP_OUTPUT => Err(Failure::new(
+                "54000",
+                format!(
+                    "the step's output is {} MiB, over the 4 MiB limit",
+                    text.len().div_ceil(1024 * 1024)
+                ),
+            )),
+            other => Ok(other),
+        }
+    })
+}
+
+/// Runs `body` in a subtransaction as the function's owner. What it did is
+/// kept when it returns `Ok`, rolled back otherwise; either way the worker's
+/// own state is as before.
+fn in_subtransaction(
+    user: &UserContext,
+    body: impl FnOnce() -> Result<Option<String>, Failure>,
+) -> Result<Option<String>, Failure> {
     let outer_context = unsafe { pg_sys::CurrentMemoryContext };
     let outer_owner = unsafe { pg_sys::CurrentResourceOwner };
     unsafe { pg_sys::BeginInternalSubTransaction(std::ptr::null()) };
@@ -135,14 +172,23 @@ pub fn run(call: &Call, ctx: &str) -> Result<Option<String>, Failure> {
     };
     unsafe { pg_sys::error_context_stack = &mut error_context };
 
+    let body = std::panic::AssertUnwindSafe(body);
     let result = PgTryBuilder::new(|| {
-        let output = as_owner(call, || unsafe { execute(&call.sql, &ctx) });
-        unsafe { pg_sys::ReleaseCurrentSubTransaction() };
-        Ok(output)
+        let body = body;
+        let result = as_owner(user, body.0);
+        unsafe {
+            if result.is_ok() {
+                pg_sys::ReleaseCurrentSubTransaction();
+            } else {
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            }
+        }
+        result
     })
     .catch_others(|error| {
         unsafe {
             timeout::disable_timeout(timeout::STATEMENT_TIMEOUT, false);
+            pg_sys::error_context_stack = error_context.previous;
             pg_sys::MemoryContextSwitchTo(outer_context);
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
         }
@@ -150,7 +196,7 @@ pub fn run(call: &Call, ctx: &str) -> Result<Option<String>, Failure> {
         // Only the max_runtime timer arms the statement timeout in an executor.
         let timed_out =
             failure.sqlstate == "57014" && failure.message.contains("statement timeout");
-        if let (true, Some(limit)) = (timed_out, call.max_runtime) {
+        if let (true, Some(limit)) = (timed_out, user.max_runtime) {
             failure.message = format!(
                 "the attempt ran longer than max_runtime ({})",
                 crate::duration::format(limit)
@@ -170,13 +216,13 @@ pub fn run(call: &Call, ctx: &str) -> Result<Option<String>, Failure> {
 
 /// Runs `f` with the owner's identity and the database's default search_path,
 /// with temporary objects and SET ROLE ruled out (they would outlive the call
-/// in this shared session). Settings the handler changes are undone.
-fn as_owner<R>(call: &Call, f: impl FnOnce() -> R) -> R {
-    let (mut user, mut context) = (pg_sys::Oid::INVALID, 0);
+/// in this shared session). Settings the code changes are undone.
+fn as_owner<R>(user: &UserContext, f: impl FnOnce() -> R) -> R {
+    let (mut outer_user, mut context) = (pg_sys::Oid::INVALID, 0);
     unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+        pg_sys::GetUserIdAndSecContext(&mut outer_user, &mut context);
         pg_sys::SetUserIdAndSecContext(
-            call.owner,
+            user.owner,
             context
                 | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION)
                     as i32,
@@ -195,7 +241,7 @@ fn as_owner<R>(call: &Call, f: impl FnOnce() -> R) -> R {
             0,
             false,
         );
-        if let Some(limit) = call.max_runtime {
+        if let Some(limit) = user.max_runtime {
             timeout::enable_timeout_after(
                 timeout::STATEMENT_TIMEOUT,
                 limit.as_millis().clamp(1, i32::MAX as u128) as i32,
@@ -204,48 +250,131 @@ fn as_owner<R>(call: &Call, f: impl FnOnce() -> R) -> R {
     }
     let result = f();
     unsafe {
-        if call.max_runtime.is_some() {
+        if user.max_runtime.is_some() {
             timeout::disable_timeout(timeout::STATEMENT_TIMEOUT, false);
-            // The limit may have expired after the handler returned but before
+            // The limit may have expired after the code returned but before
             // the timer was disarmed: the attempt stands, the pending cancel goes.
             if timeout::get_timeout_indicator(timeout::STATEMENT_TIMEOUT, true) {
                 pg_sys::QueryCancelPending = 0;
             }
         }
         pg_sys::AtEOXact_GUC(false, nest_level);
-        pg_sys::SetUserIdAndSecContext(user, context);
+        pg_sys::SetUserIdAndSecContext(outer_user, context);
     }
     result
 }
 
-/// One SPI round trip. On error nothing here is cleaned up by hand: the
-/// subtransaction abort closes the SPI connection opened inside it.
-unsafe fn execute(sql: &CStr, ctx: &CStr) -> Option<String> {
+/// Runs `sql` with one parameter and returns column `column` of its first row
+/// as text. Errors propagate; the subtransaction abort closes the SPI
+/// connection opened here.
+unsafe fn query_value(
+    sql: &CStr,
+    arg_type: pg_sys::Oid,
+    arg: pg_sys::Datum,
+    column: i32,
+) -> Option<String> {
     unsafe {
         pg_sys::SPI_connect();
-        let mut arg_types = [pg_sys::TEXTOID];
-        let mut values = [pg_sys::Datum::from(pg_sys::cstring_to_text(ctx.as_ptr()))];
-        let nulls = [b' ' as std::ffi::c_char];
+        let output = first_value_text(sql, &[(arg_type, Some(arg))], column);
+        pg_sys::SPI_finish();
+        output
+    }
+}
+
+/// Executes `sql` in the current SPI connection; column `column` of its first row as text.
+unsafe fn first_value_text(
+    sql: &CStr,
+    args: &[(pg_sys::Oid, Option<pg_sys::Datum>)],
+    column: i32,
+) -> Option<String> {
+    unsafe {
+        let table = execute(sql, args, 1)?;
+        let text = pg_sys::SPI_getvalue(*(*table).vals, (*table).tupdesc, column);
+        (!text.is_null()).then(|| CStr::from_ptr(text).to_string_lossy().into_owned())
+    }
+}
+
+/// Executes `sql`; the result table when it returned a row.
+unsafe fn execute(
+    sql: &CStr,
+    args: &[(pg_sys::Oid, Option<pg_sys::Datum>)],
+    limit: i64,
+) -> Option<*mut pg_sys::SPITupleTable> {
+    unsafe {
+        let mut types: Vec<pg_sys::Oid> = args.iter().map(|(t, _)| *t).collect();
+        let mut values: Vec<pg_sys::Datum> = args
+            .iter()
+            .map(|(_, v)| v.unwrap_or(pg_sys::Datum::from(0)))
+            .collect();
+        let nulls: Vec<std::ffi::c_char> = args
+            .iter()
+            .map(|(_, v)| if v.is_some() { b' ' } else { b'n' } as std::ffi::c_char)
+            .collect();
         let status = pg_sys::SPI_execute_with_args(
             sql.as_ptr(),
-            1,
-            arg_types.as_mut_ptr(),
+            args.len() as i32,
+            types.as_mut_ptr(),
             values.as_mut_ptr(),
             nulls.as_ptr(),
             false,
-            1,
+            limit,
         );
         if status < 0 {
-            error!("pg_jobs could not call the handler (SPI status {status})");
+            error!("pg_jobs could not run user SQL (SPI status {status})");
         }
         let table = pg_sys::SPI_tuptable;
-        let output = if pg_sys::SPI_processed > 0 && !table.is_null() {
-            let text = pg_sys::SPI_getvalue(*(*table).vals, (*table).tupdesc, 2);
-            (!text.is_null()).then(|| CStr::from_ptr(text).to_string_lossy().into_owned())
-        } else {
-            None
-        };
+        (pg_sys::SPI_processed > 0 && !table.is_null()).then_some(table)
+    }
+}
+
+/// A step's value as JSON text, converted by PostgreSQL's own to_jsonb so that
+/// every type maps as it does in SQL.
+unsafe fn step_value(sql: &CStr, args: Option<&CStr>) -> Option<String> {
+    unsafe {
+        pg_sys::SPI_connect();
+        let args_datum = args.map(|a| {
+            pgrx::direct_function_call_as_datum(
+                pg_sys::jsonb_in,
+                &[Some(pg_sys::Datum::from(a.as_ptr()))],
+            )
+            .expect("jsonb_in returns a value")
+        });
+        let output = execute(sql, &[(pg_sys::JSONBOID, args_datum)], 1).and_then(|table| {
+            let tuple = *(*table).vals;
+            let descriptor = (*table).tupdesc;
+            let columns = (*descriptor).natts;
+            let mut values = Vec::new();
+            let mut names = Vec::new();
+            for column in 1..=columns {
+                let mut is_null = false;
+                let value = pg_sys::SPI_getbinval(tuple, descriptor, column, &mut is_null);
+                match pg_sys::SPI_gettypeid(descriptor, column) {
+                    // A void function's result (`SELECT perform_something()`) is no value.
+                    pg_sys::VOIDOID => values.push((pg_sys::TEXTOID, None)),
+                    type_oid => values.push((type_oid, (!is_null).then_some(value))),
+                }
+                let name = CStr::from_ptr(pg_sys::SPI_fname(descriptor, column))
+                    .to_string_lossy()
+                    .into_owned();
+                names.push(name);
+            }
+            let conversion = if columns == 1 {
+                "SELECT pg_catalog.to_jsonb($1)::pg_catalog.text".to_string()
+            } else {
+                let pairs: Vec<String> = names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| format!("{}, ${}", pgrx::spi::quote_literal(name), i + 1))
+                    .collect();
+                format!(
+                    "SELECT pg_catalog.jsonb_build_object({})::pg_catalog.text",
+                    pairs.join(", ")
+                )
+            };
+            let conversion = CString::new(conversion).expect("column names have no NUL");
+            first_value_text(&conversion, &values, 1)
+        });
         pg_sys::SPI_finish();
-        output
+        output.filter(|text| text != "null")
     }
 }

@@ -3,6 +3,9 @@
 pub mod executor;
 mod invoke;
 pub mod launcher;
+mod record;
+mod run;
+mod task;
 
 use std::time::Duration;
 

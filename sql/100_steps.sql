@@ -1,0 +1,63 @@
+-- What handlers call. These work only inside a handler that pg_jobs runs
+-- (elsewhere they raise SQLSTATE 55000) and only on that handler's run, so every
+-- role may call them (see 900_security.sql).
+--
+-- SQLSTATEs (README, "Errors"): JB001 a step ran out of attempts, JB002
+-- jobs.non_retriable, JB003 jobs.retry_after. pgrx cannot raise codes of its
+-- own, so these wrappers raise them.
+
+CREATE TYPE jobs.step_spec AS (id text, sql text, args jsonb);
+
+CREATE FUNCTION jobs.step(id text, sql text, args jsonb DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    done jsonb := jobs._step(id, sql, args);
+BEGIN
+    IF done ? 'error' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'JB001',
+            MESSAGE = done->'error'->>'message',
+            DETAIL = format('step "%s" failed after %s attempt(s); its last error had SQLSTATE %s',
+                            id, done->'error'->>'attempts', done->'error'->>'sqlstate');
+    END IF;
+    RETURN nullif(done->'output', 'null');
+END
+$$;
+
+CREATE FUNCTION jobs.plan(id text, sql text, args jsonb DEFAULT NULL) RETURNS jobs.step_spec
+LANGUAGE sql IMMUTABLE AS $$ SELECT ROW(id, sql, args)::jobs.step_spec $$;
+
+CREATE FUNCTION jobs.parallel(VARIADIC steps jobs.step_spec[]) RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    done jsonb;
+BEGIN
+    SELECT jobs._parallel(array_agg(s.id ORDER BY s.n), array_agg(s.sql ORDER BY s.n), array_agg(s.args ORDER BY s.n))
+    INTO done
+    FROM unnest(steps) WITH ORDINALITY AS s (id, sql, args, n);
+    IF done ? 'error' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'JB001',
+            MESSAGE = done->'error'->>'message',
+            DETAIL = format('a parallel step failed after %s attempt(s); its last error had SQLSTATE %s',
+                            done->'error'->>'attempts', done->'error'->>'sqlstate');
+    END IF;
+    RETURN done->'output';
+END
+$$;
+
+CREATE FUNCTION jobs.non_retriable(message text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = 'JB002', MESSAGE = message,
+        HINT = 'Raised with jobs.non_retriable: the step or run fails without retrying.';
+END
+$$;
+
+CREATE FUNCTION jobs.retry_after(message text, delay interval) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = 'JB003', MESSAGE = message,
+        DETAIL = format('retry after %s seconds', extract(epoch FROM delay));
+END
+$$;

@@ -1,0 +1,195 @@
+//! What a handler calls: `jobs.step`, `jobs.sleep`, `jobs.parallel` and their
+//! siblings (the SQL wrappers are in sql/100_steps.sql). Each one either
+//! returns what the run's history already holds, or stops the invocation so
+//! that the executor does the work in its own transaction (README, "Steps").
+
+use pgrx::prelude::*;
+use pgrx::{JsonB, PgSqlErrorCode};
+use serde_json::{json, Value};
+
+use crate::errors::{invalid, raise};
+use crate::replay::{self, Memo, Operation, PlannedStep, Replay};
+
+/// Every step call starts here: inside a handler pg_jobs runs, by the role
+/// the handler runs as.
+fn in_handler<R>(function: &str, f: impl FnOnce(&mut Replay) -> R) -> R {
+    replay::with_current(|replay| {
+        if replay.owner() != unsafe { pg_sys::GetUserId() }.to_u32() {
+            raise(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("{function} was called by another role than the one the handler runs as"),
+            )
+        }
+        f(replay)
+    })
+    .unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("{function} can only be called by a handler that pg_jobs runs"),
+        )
+    })
+}
+
+/// Ends the invocation here. The executor knows why from the replay state;
+/// the error only unwinds the handler. Its SQLSTATE, query_canceled, is one
+/// that PL/pgSQL's `WHEN OTHERS` does not catch.
+fn stop(id: &str) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+        format!("pg_jobs: the run continues at step \"{id}\" in its own transaction"),
+    )
+}
+
+fn required<'a>(function: &str, field: &str, value: Option<&'a str>) -> &'a str {
+    match value {
+        Some(v) if !v.trim().is_empty() => v,
+        Some(_) => invalid(format!("{function}: {field} must not be empty")),
+        None => raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{function}: {field} must not be null"),
+        ),
+    }
+}
+
+/// `{"output": ...}` or `{"error": {...}}`: the SQL wrapper raises the error
+/// with SQLSTATE JB001, which pgrx cannot raise itself.
+fn envelope(memo: &Memo) -> Option<Value> {
+    match memo {
+        Memo::Completed(output) => Some(json!({"output": parse(output.as_deref())})),
+        Memo::Failed(error) => Some(json!({"error": {
+            "sqlstate": error.sqlstate, "message": error.message, "attempts": error.attempts,
+        }})),
+        Memo::Pending { .. } => None,
+    }
+}
+
+fn parse(text: Option<&str>) -> Value {
+    text.and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn planned(
+    replay: &mut Replay,
+    name: &str,
+    sql: &str,
+    args: Option<Value>,
+) -> (PlannedStep, Option<Value>) {
+    let id = replay.next_id(name);
+    let done = replay.memo(&id).and_then(envelope);
+    let step = PlannedStep {
+        attempts: replay.attempts(&id),
+        id,
+        name: name.to_string(),
+        sql: sql.to_string(),
+        args: args.map(|a| a.to_string()),
+    };
+    (step, done)
+}
+
+#[pg_extern(name = "_step", volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn step_internal(id: Option<&str>, sql: Option<&str>, args: Option<JsonB>) -> JsonB {
+    let name = required("jobs.step", "id", id);
+    let sql = required("jobs.step", "sql", sql);
+    in_handler("jobs.step", |replay| {
+        let (step, done) = planned(replay, name, sql, args.map(|a| a.0));
+        match done {
+            Some(envelope) if !replay.has_yielded() => JsonB(envelope),
+            _ => {
+                let id = step.id.clone();
+                replay.yield_operation(Operation::Run(step));
+                stop(&id)
+            }
+        }
+    })
+}
+
+#[pg_extern(name = "_parallel", volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn parallel_internal(
+    ids: Vec<Option<String>>,
+    sqls: Vec<Option<String>>,
+    args: Vec<Option<JsonB>>,
+) -> JsonB {
+    if ids.is_empty() {
+        invalid("jobs.parallel needs at least one step from jobs.plan")
+    }
+    in_handler("jobs.parallel", |replay| {
+        let mut outputs = Vec::new();
+        let mut not_done = Vec::new();
+        let mut failed = None;
+        for ((id, sql), args) in ids.iter().zip(&sqls).zip(args) {
+            let name = required("jobs.plan", "id", id.as_deref());
+            let sql = required("jobs.plan", "sql", sql.as_deref());
+            let (step, done) = planned(replay, name, sql, args.map(|a| a.0));
+            match done {
+                Some(mut envelope) => match envelope.get_mut("output") {
+                    Some(output) => outputs.push(output.take()),
+                    None => {
+                        failed.get_or_insert(envelope);
+                    }
+                },
+                None => not_done.push(step),
+            }
+        }
+        if replay.has_yielded() || !not_done.is_empty() {
+            let first = not_done
+                .first()
+                .map_or_else(|| "parallel".to_string(), |s| s.id.clone());
+            replay.yield_operation(Operation::Parallel(not_done));
+            stop(&first)
+        }
+        JsonB(failed.unwrap_or_else(|| json!({"output": outputs})))
+    })
+}
+
+fn sleep_until_millis(id: Option<&str>, function: &str, until_ms: impl FnOnce() -> i64) {
+    let name = required(function, "id", id);
+    in_handler(function, |replay| {
+        let id = replay.next_id(name);
+        if matches!(replay.memo(&id), Some(Memo::Completed(_))) && !replay.has_yielded() {
+            return;
+        }
+        replay.yield_operation(Operation::Sleep {
+            id: id.clone(),
+            name: name.to_string(),
+            until_ms: until_ms(),
+        });
+        stop(&id)
+    })
+}
+
+fn unix_millis(ts: TimestampWithTimeZone) -> i64 {
+    const POSTGRES_EPOCH_UNIX_MILLIS: i64 = 946_684_800_000;
+    pg_sys::TimestampTz::from(ts) / 1000 + POSTGRES_EPOCH_UNIX_MILLIS
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn sleep(id: Option<&str>, duration: Option<pgrx::datum::Interval>) {
+    let Some(duration) = duration else {
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "jobs.sleep: duration must not be null",
+        )
+    };
+    let until = Spi::get_one_with_args::<TimestampWithTimeZone>(
+        "SELECT clock_timestamp() + $1",
+        &[duration.into()],
+    )
+    .expect("adding an interval to the time")
+    .expect("a sum of non-null values");
+    sleep_until_millis(id, "jobs.sleep", || unix_millis(until));
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn sleep_until(id: Option<&str>, until: Option<TimestampWithTimeZone>) {
+    let Some(until) = until else {
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "jobs.sleep_until: until must not be null",
+        )
+    };
+    sleep_until_millis(id, "jobs.sleep_until", || unix_millis(until));
+}

@@ -1,0 +1,342 @@
+//! Advancing a run: call its handler (replaying the steps it has done), then
+//! do what the invocation stopped for: a step, a sleep, parallel steps.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::time::{Duration, Instant};
+
+use pgrx::pg_sys::BuiltinOid::*;
+use pgrx::prelude::*;
+
+use super::executor::Claimed;
+use super::invoke::{self, Failure, UserContext};
+use super::record::{self, StepUpdate};
+use super::report_activity;
+use crate::api::{prepared, StatementCache};
+use crate::backoff::Backoff;
+use crate::errors::{NON_RETRIABLE, RETRY_AFTER, STEP_FAILED};
+use crate::replay::{self, Memo, Operation, PlannedStep, Replay, StepError};
+use crate::shmem;
+
+thread_local! {
+    static WAKE_SLEEPERS: StatementCache = const { StatementCache::new() };
+    static LOAD_RUNS: StatementCache = const { StatementCache::new() };
+    static LOAD_STEPS: StatementCache = const { StatementCache::new() };
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// A step committed with this round; the run goes on in the next one.
+    Continue,
+    /// The run finished, or waits in the queue (retry, sleep, parallel steps, pause).
+    Done,
+}
+
+/// What the executor knows about how a function's failures are retried.
+pub struct Policy {
+    pub max_attempts: i32,
+    pub backoff: Backoff,
+}
+
+impl Policy {
+    pub fn new(max_attempts: i32, backoff: &str) -> Policy {
+        Policy {
+            max_attempts,
+            backoff: Backoff::from_stored(&serde_json::from_str(backoff).unwrap_or_default()),
+        }
+    }
+
+    /// Whether failed attempt `attempt` (0-based) is the last one.
+    pub fn is_final(&self, attempt: i32, failure: &Failure) -> bool {
+        failure.sqlstate == NON_RETRIABLE || attempt + 1 >= self.max_attempts
+    }
+
+    /// How long to wait after failed attempt `attempt`: what jobs.retry_after
+    /// asked for, or the function's backoff.
+    pub fn delay(&self, attempt: i32, failure: &Failure) -> Duration {
+        let asked = (failure.sqlstate == RETRY_AFTER)
+            .then(|| {
+                failure
+                    .detail
+                    .as_deref()?
+                    .strip_prefix("retry after ")?
+                    .strip_suffix(" seconds")?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .flatten()
+            .filter(|seconds| seconds.is_finite() && *seconds >= 0.0);
+        match asked {
+            Some(seconds) => {
+                Duration::from_secs_f64(seconds.min(crate::duration::MAX.as_secs_f64()))
+            }
+            None => self.backoff.delay(attempt as u32, random_fraction()),
+        }
+    }
+}
+
+/// A uniform number in [0, 1) for jitter, from the standard library's random hash keys.
+fn random_fraction() -> f64 {
+    use std::hash::{BuildHasher, RandomState};
+    (RandomState::new().hash_one(Instant::now()) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A claimed run, with what advancing it needs.
+pub struct LoadedRun {
+    id: pgrx::Uuid,
+    interrupted: bool,
+    function_id: String,
+    attempt: i32,
+    function_exists: bool,
+    paused: bool,
+    policy: Policy,
+    user: UserContext,
+    call: Option<CString>,
+    handler: String,
+    ctx: String,
+    memos: HashMap<String, Memo>,
+}
+
+/// Loads the runs (in order; `None` for one that is gone) with the steps they
+/// have done. Sleeps of runs that were claimed are over, so they end now.
+pub fn load(claimed: &[Claimed]) -> Vec<Option<LoadedRun>> {
+    let ids: Vec<pgrx::Uuid> = claimed.iter().map(|c| c.run).collect();
+    Spi::connect_mut(|client| {
+        let wake = prepared(
+            &WAKE_SLEEPERS,
+            client,
+            "UPDATE jobs.steps SET status = 'completed', ended_at = clock_timestamp()
+             WHERE run_id = ANY ($1) AND status = 'sleeping'",
+            &[UUIDARRAYOID.value()],
+        );
+        client
+            .update(wake, None, &[ids.clone().into()])
+            .expect("ending sleeps");
+
+        let steps = prepared(
+            &LOAD_STEPS,
+            client,
+            "SELECT run_id, id, status, attempts, output::text, error->>'sqlstate', error->>'message'
+             FROM jobs.steps WHERE run_id = ANY ($1)",
+            &[UUIDARRAYOID.value()],
+        );
+        let mut memos: HashMap<pgrx::Uuid, HashMap<String, Memo>> = HashMap::new();
+        for row in client
+            .select(steps, None, &[ids.clone().into()])
+            .expect("loading steps")
+        {
+            let run: pgrx::Uuid = row.get(1).ok().flatten().expect("run_id");
+            let id: String = row.get(2).ok().flatten().expect("id");
+            let status: String = row.get(3).ok().flatten().expect("status");
+            let attempts: i32 = row.get(4).ok().flatten().expect("attempts");
+            let memo = match status.as_str() {
+                "completed" => Memo::Completed(row.get(5).ok().flatten()),
+                "failed" => Memo::Failed(StepError {
+                    sqlstate: row.get(6).ok().flatten().unwrap_or_default(),
+                    message: row.get(7).ok().flatten().unwrap_or_default(),
+                    attempts,
+                }),
+                _ => Memo::Pending { attempts },
+            };
+            memos.entry(run).or_default().insert(id, memo);
+        }
+
+        let runs = prepared(
+            &LOAD_RUNS,
+            client,
+            "SELECT r.id, r.function_id, r.attempt,
+                    f.id IS NOT NULL, coalesce(f.paused, false), coalesce(f.max_attempts, 1),
+                    coalesce(f.backoff::text, '{}'), (extract(epoch FROM f.max_runtime) * 1000)::int8,
+                    f.owner::oid, coalesce(f.handler, ''),
+                    quote_ident(n.nspname) || '.' || quote_ident(p.proname),
+                    p.prorettype = 'pg_catalog.void'::pg_catalog.regtype,
+                    jsonb_build_object('event', ev.event, 'events', jsonb_build_array(ev.event),
+                        'run_id', r.id, 'function_id', r.function_id, 'attempt', r.attempt)::text
+             FROM jobs.runs r
+             JOIN jobs.events e ON e.id = r.event_id
+             CROSS JOIN LATERAL (SELECT jsonb_build_object(
+                    'id', e.id, 'name', e.name, 'data', e.data, 'ts', e.ts) AS event) ev
+             LEFT JOIN jobs.functions f ON f.id = r.function_id
+             LEFT JOIN pg_proc p ON p.oid = to_regprocedure(f.handler)
+             LEFT JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE r.id = ANY ($1)",
+            &[UUIDARRAYOID.value()],
+        );
+        let mut loaded: HashMap<pgrx::Uuid, LoadedRun> = HashMap::new();
+        for row in client
+            .select(runs, None, &[ids.into()])
+            .expect("loading claimed runs")
+        {
+            let id: pgrx::Uuid = row.get(1).ok().flatten().expect("id");
+            let max_runtime: Option<i64> = row.get(8).ok().flatten();
+            let name: Option<String> = row.get(11).ok().flatten();
+            let returns_void: Option<bool> = row.get(12).ok().flatten();
+            let max_attempts: i32 = row.get(6).ok().flatten().expect("max_attempts");
+            let backoff: String = row.get(7).ok().flatten().expect("backoff");
+            loaded.insert(
+                id,
+                LoadedRun {
+                    id,
+                    interrupted: false,
+                    function_id: row.get(2).ok().flatten().expect("function_id"),
+                    attempt: row.get(3).ok().flatten().expect("attempt"),
+                    function_exists: row.get(4).ok().flatten().expect("exists"),
+                    paused: row.get(5).ok().flatten().expect("paused"),
+                    policy: Policy::new(max_attempts, &backoff),
+                    user: UserContext {
+                        owner: row.get(9).ok().flatten().unwrap_or(pg_sys::Oid::INVALID),
+                        max_runtime: max_runtime.map(|ms| Duration::from_millis(ms.max(1) as u64)),
+                    },
+                    call: name.map(|n| invoke::handler_call(&n, returns_void == Some(true))),
+                    handler: row.get(10).ok().flatten().expect("handler"),
+                    ctx: row.get(13).ok().flatten().expect("ctx"),
+                    memos: memos.remove(&id).unwrap_or_default(),
+                },
+            );
+        }
+        claimed
+            .iter()
+            .map(|c| {
+                loaded.remove(&c.run).map(|run| LoadedRun {
+                    interrupted: c.interrupted,
+                    ..run
+                })
+            })
+            .collect()
+    })
+}
+
+pub fn advance(run: &mut LoadedRun) -> Progress {
+    if !run.function_exists {
+        record::cancel(run.id, &Failure::new("", "function deleted"));
+        return Progress::Done;
+    }
+    if run.paused {
+        record::hold(run.id, "");
+        return Progress::Done;
+    }
+    if run.interrupted {
+        // The claim already counted the interrupted attempt.
+        record::attempt_error(run.id, "", run.attempt - 1, &Failure::interrupted());
+        if run.attempt >= run.policy.max_attempts {
+            record::fail(run.id, &Failure::interrupted());
+            return Progress::Done;
+        }
+    }
+    let Some(call) = &run.call else {
+        let failure = Failure::new("42883", format!("handler {} does not exist", run.handler));
+        return handler_failed(run, failure);
+    };
+    report_activity(
+        pg_sys::BackendState::STATE_RUNNING,
+        &format!("run {} of {}", run.id, run.function_id),
+    );
+    let replay = Replay::new(run.user.owner.to_u32(), std::mem::take(&mut run.memos));
+    let (result, operation) =
+        replay::during(replay, || invoke::call_handler(&run.user, call, &run.ctx));
+    match operation {
+        None => match result {
+            Ok(output) => {
+                record::complete(run.id, output);
+                Progress::Done
+            }
+            Err(failure) => handler_failed(run, failure),
+        },
+        Some(Operation::Run(step)) => run_step(run, step),
+        Some(Operation::Sleep { id, name, until_ms }) => sleep(run, &id, &name, until_ms),
+        Some(Operation::Parallel(steps)) => {
+            let queued = record::plan(run.id, &run.function_id, &steps);
+            shmem::wake_workers_at_commit(queued as usize);
+            Progress::Done
+        }
+    }
+}
+
+/// The handler raised (outside any step, or a step's failure it did not catch).
+fn handler_failed(run: &LoadedRun, failure: Failure) -> Progress {
+    record::attempt_error(run.id, "", run.attempt, &failure);
+    if failure.sqlstate == STEP_FAILED || run.policy.is_final(run.attempt, &failure) {
+        record::fail(run.id, &failure);
+    } else {
+        record::retry(
+            run.id,
+            run.attempt,
+            &failure,
+            run.policy.delay(run.attempt, &failure),
+        );
+    }
+    Progress::Done
+}
+
+fn run_step(run: &LoadedRun, step: PlannedStep) -> Progress {
+    report_activity(
+        pg_sys::BackendState::STATE_RUNNING,
+        &format!("run {} of {}: step {}", run.id, run.function_id, step.id),
+    );
+    let started = Instant::now();
+    let result = invoke::run_step(&run.user, &step.sql, step.args.as_deref());
+    let update = StepUpdate {
+        run: run.id,
+        id: &step.id,
+        name: &step.name,
+        kind: "run",
+        status: "completed",
+        attempted: true,
+        output: None,
+        failure: None,
+        elapsed: started.elapsed(),
+    };
+    match result {
+        Ok(output) => {
+            record::step(StepUpdate { output, ..update });
+            Progress::Continue
+        }
+        Err(failure) => {
+            record::attempt_error(run.id, &step.id, step.attempts, &failure);
+            if run.policy.is_final(step.attempts, &failure) {
+                // The next invocation raises the failure in the handler, at this step.
+                record::step(StepUpdate {
+                    status: "failed",
+                    failure: Some(&failure),
+                    ..update
+                });
+                Progress::Continue
+            } else {
+                record::step(StepUpdate {
+                    status: "retrying",
+                    failure: Some(&failure),
+                    ..update
+                });
+                record::release(run.id, "", run.policy.delay(step.attempts, &failure));
+                Progress::Done
+            }
+        }
+    }
+}
+
+fn sleep(run: &LoadedRun, id: &str, name: &str, until_ms: i64) -> Progress {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let update = StepUpdate {
+        run: run.id,
+        id,
+        name,
+        kind: "sleep",
+        status: "sleeping",
+        attempted: false,
+        output: None,
+        failure: None,
+        elapsed: Duration::ZERO,
+    };
+    if until_ms <= now_ms {
+        record::step(StepUpdate {
+            status: "completed",
+            ..update
+        });
+        return Progress::Continue;
+    }
+    record::step(update);
+    record::sleep(run.id, until_ms);
+    Progress::Done
+}
