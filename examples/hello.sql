@@ -1,14 +1,24 @@
 -- The guide's first function: "hello-world", run by the event "app/hello.world".
 --
 --   inngest.createFunction({ id: "hello-world" }, { event: "app/hello.world" },
---       async ({ event, step }) => { ... `Hello, ${event.data.name}!` ... });
---   inngest.send({ name: "app/hello.world", data: { name } });
+--     async ({ event, step }) => {
+--       await step.run("say-hello", async () => {
+--         console.log(`Hello, ${event.data.name}!`);
+--         return { message: `Hello, ${event.data.name}!` };
+--       });
+--     });
+--
+--   await inngest.send({ name: "app/hello.world", data: { name } });
 
 CREATE OR REPLACE FUNCTION hello_world(ctx jsonb) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 BEGIN
-    RAISE LOG 'Hello, %!', ctx->'event'->'data'->>'name';
-    RETURN jsonb_build_object('message', format('Hello, %s!', ctx->'event'->'data'->>'name'));
+    -- The step runs once, in its own transaction; its value is kept in jobs.steps.
+    RETURN jobs.step('say-hello',
+        $step$
+            SELECT jsonb_build_object('message', format('Hello, %s!', $1->>'name'))
+        $step$,
+        ctx->'event'->'data');
 END
 $$;
 

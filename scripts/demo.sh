@@ -21,6 +21,11 @@ done
 echo "== the run, from jobs.runs"
 "${psql[@]}" -x -c "SELECT id, function_id, status, attempt, output, error, created_at, started_at, ended_at
                    FROM jobs.runs WHERE function_id = 'hello-world'"
+echo "== its steps, from jobs.steps"
+"${psql[@]}" -c "SELECT s.id, s.kind, s.status, s.attempts, s.output,
+                        round(extract(epoch FROM s.ended_at - s.started_at) * 1000, 2) AS ms
+                 FROM jobs.steps s JOIN jobs.runs r ON r.id = s.run_id
+                 WHERE r.function_id = 'hello-world' ORDER BY s.started_at"
 cat <<EOT
 The demo cluster is still running.
   connect:  psql -h $dir -p $PORT -U postgres

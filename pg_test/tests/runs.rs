@@ -35,23 +35,23 @@ fn effects(client: &mut Client, function_id: &str) -> i64 {
 }
 
 #[test]
-fn hello_world_runs_and_stores_its_output() {
+fn a_handler_without_steps_runs_and_stores_its_output() {
     let mut c = cluster().connect();
     c.batch_execute(
-        "CREATE FUNCTION hello(ctx jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+        "CREATE FUNCTION hello_plain(ctx jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
          BEGIN
              RAISE LOG 'Hello, %!', ctx->'event'->'data'->>'name';
              RETURN jsonb_build_object('message', 'Hello, ' || (ctx->'event'->'data'->>'name') || '!');
          END $$;
-         SELECT jobs.create_function('hello-world', 'hello(jsonb)', '{\"event\": \"app/hello.world\"}');
-         SELECT jobs.send('app/hello.world', '{\"name\": \"Ada\"}');",
+         SELECT jobs.create_function('hello-plain', 'hello_plain(jsonb)', '{\"event\": \"test/hello.plain\"}');
+         SELECT jobs.send('test/hello.plain', '{\"name\": \"Ada\"}');",
     )
     .unwrap();
-    assert_eq!(wait_for_runs(&mut c, "hello-world", 1), ["completed"]);
+    assert_eq!(wait_for_runs(&mut c, "hello-plain", 1), ["completed"]);
     let row = c
         .query_one(
             "SELECT output->>'message', attempt, started_at >= created_at AND ended_at >= started_at, error IS NULL
-             FROM jobs.runs WHERE function_id = 'hello-world'",
+             FROM jobs.runs WHERE function_id = 'hello-plain'",
             &[],
         )
         .unwrap();
@@ -62,7 +62,7 @@ fn hello_world_runs_and_stores_its_output() {
     assert_eq!(
         count(
             &mut c,
-            "SELECT count(*) FROM jobs.queue WHERE function_id = 'hello-world'"
+            "SELECT count(*) FROM jobs.queue WHERE function_id = 'hello-plain'"
         ),
         0
     );
@@ -353,4 +353,28 @@ fn a_future_ts_delays_the_run() {
          WHERE f.function_id = 'delayed' AND f.at >= e.ts AND f.at < e.ts + interval '1 second'",
     );
     assert_eq!(on_time, 1, "the run must start at ts, promptly");
+}
+
+#[test]
+fn the_hello_example_runs_as_the_demo_shows() {
+    let mut c = cluster().connect();
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/hello.sql"
+    ))
+    .unwrap();
+    c.batch_execute(&example).unwrap();
+    assert_eq!(wait_for_runs(&mut c, "hello-world", 1), ["completed"]);
+    let row = c
+        .query_one(
+            "SELECT r.output->>'message', s.id, s.status FROM jobs.runs r JOIN jobs.steps s ON s.run_id = r.id
+             WHERE r.function_id = 'hello-world'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "Hello, Ada!");
+    assert_eq!(
+        (row.get::<_, String>(1), row.get::<_, String>(2)),
+        ("say-hello".to_string(), "completed".to_string())
+    );
 }
