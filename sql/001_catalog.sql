@@ -15,6 +15,10 @@ CREATE TABLE jobs.functions (
     backoff     jsonb NOT NULL,
     max_runtime interval,
     filter      jsonpath,
+    -- cancel_on, checked: [{"event", "match_path", "condition", "timeout_ms"}].
+    cancel_on   jsonb,
+    -- Set on the function create_function made for another's on_failure.
+    failure_of  text,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
@@ -63,7 +67,10 @@ CREATE TABLE jobs.runs (
     error       jsonb,
     created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     started_at  timestamptz,
-    ended_at    timestamptz
+    ended_at    timestamptz,
+    -- For a run started by jobs.invoke: the run and step waiting for it.
+    parent_run_id  uuid,
+    parent_step_id text
 );
 CREATE INDEX runs_function_id_created_at ON jobs.runs (function_id, created_at);
 CREATE INDEX runs_event_id ON jobs.runs (event_id);
@@ -75,9 +82,9 @@ CREATE TABLE jobs.steps (
     id          text NOT NULL,
     -- The id as the handler gave it ('send' for 'send:1').
     name        text NOT NULL,
-    kind        text NOT NULL CHECK (kind IN ('run', 'sleep')),
+    kind        text NOT NULL CHECK (kind IN ('run', 'sleep', 'wait', 'invoke')),
     status      text NOT NULL CHECK (status IN
-                ('queued', 'retrying', 'sleeping', 'completed', 'failed')),
+                ('queued', 'retrying', 'sleeping', 'waiting', 'completed', 'failed')),
     -- Attempts made (failed or not).
     attempts    int NOT NULL DEFAULT 0,
     output      jsonb,
@@ -124,10 +131,42 @@ CREATE TABLE jobs.queue (
     args        jsonb,
     -- A run's parallel steps not finished yet.
     pending_steps int NOT NULL DEFAULT 0,
+    -- Set when the run is to be cancelled ({"message", ...}); the executor
+    -- cancels it at its next round, after any step it is running.
+    cancelled   jsonb,
     PRIMARY KEY (run_id, step_id)
 ) WITH (fillfactor = 70);
 CREATE INDEX queue_runnable ON jobs.queue (due_at) WHERE claimed_by IS NULL AND NOT held;
 CREATE INDEX queue_function_id ON jobs.queue (function_id);
+
+-- What runs wait for: an event for jobs.wait_for_event (kind 'event'), or one
+-- that cancels them (kind 'cancel', from cancel_on). jobs.send looks a new
+-- event up here by name and match value, in the sender's transaction.
+CREATE TABLE jobs.waits (
+    run_id      uuid NOT NULL,
+    step_id     text NOT NULL,
+    kind        text NOT NULL CHECK (kind IN ('event', 'cancel')),
+    event       text NOT NULL,
+    -- Path in the new event (e.g. {data,paymentId}) whose value must equal
+    -- match_value, the triggering event's value at that path.
+    match_path  text[],
+    match_value jsonb,
+    -- A predicate over {"event": trigger, "async": new event}.
+    condition   jsonpath,
+    trigger     jsonb,
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    expires_at  timestamptz,
+    PRIMARY KEY (run_id, step_id)
+);
+CREATE INDEX waits_match ON jobs.waits (event, match_path, match_value);
+
+-- The match paths waited on for each event name, so that a send computes only
+-- the keys somebody waits for.
+CREATE TABLE jobs.wait_paths (
+    event       text NOT NULL,
+    match_path  text[] NOT NULL,
+    PRIMARY KEY (event, match_path)
+);
 
 SELECT pg_catalog.pg_extension_config_dump('jobs.functions', '');
 SELECT pg_catalog.pg_extension_config_dump('jobs.triggers', '');

@@ -46,6 +46,27 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION jobs.wait_for_event(id text, event text, timeout interval,
+                                    match text DEFAULT NULL, condition text DEFAULT NULL) RETURNS jsonb
+LANGUAGE sql AS $$ SELECT jobs._wait_for_event(id, event, timeout, match, condition) $$;
+
+CREATE FUNCTION jobs.invoke(id text, function_id text, data jsonb DEFAULT '{}', timeout interval DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    done jsonb := jobs._invoke(id, function_id, data, timeout);
+BEGIN
+    IF done ? 'error' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'JB001',
+            MESSAGE = done->'error'->>'message',
+            DETAIL = format('the run of "%s" that step "%s" invoked failed; its error had SQLSTATE %s',
+                            function_id, id, done->'error'->>'sqlstate');
+    END IF;
+    RETURN nullif(done->'output', 'null');
+END
+$$;
+
 CREATE FUNCTION jobs.non_retriable(message text) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN

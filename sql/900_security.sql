@@ -12,6 +12,8 @@ GRANT EXECUTE ON FUNCTION
     jobs.step(text, text, jsonb), jobs._step(text, text, jsonb),
     jobs.plan(text, text, jsonb), jobs.parallel(jobs.step_spec[]), jobs._parallel(text[], text[], jsonb[]),
     jobs.sleep(text, interval), jobs.sleep_until(text, timestamptz),
+    jobs.wait_for_event(text, text, interval, text, text), jobs._wait_for_event(text, text, interval, text, text),
+    jobs.invoke(text, text, jsonb, interval), jobs._invoke(text, text, jsonb, interval),
     jobs.non_retriable(text), jobs.retry_after(text, interval)
 TO PUBLIC;
 

@@ -12,6 +12,7 @@ use crate::{duration, event_name, expr};
 pub const DEFAULT_RETRIES: u32 = 4;
 pub const MAX_RETRIES: u32 = 20;
 pub const MAX_TRIGGERS: usize = 10;
+pub const MAX_CANCEL_ON: usize = 5;
 const DEFAULT_EXPONENTIAL_MAX: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +23,32 @@ pub struct FunctionConfig {
     pub max_attempts: u32,
     pub backoff: Backoff,
     pub max_runtime: Option<Duration>,
+    pub cancel_on: Vec<CancelOn>,
+    /// The handler signature given as `on_failure`, resolved by the caller.
+    pub on_failure: Option<String>,
+}
+
+/// An event that cancels a run (Inngest's `cancelOn`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CancelOn {
+    pub event: String,
+    /// Field of the cancelling event that must equal the triggering event's.
+    pub match_path: Option<Vec<String>>,
+    /// SQL/JSON path predicate over `{"event": trigger, "async": cancelling event}`.
+    pub condition: Option<String>,
+    /// How long after the run starts the cancellation stays possible.
+    pub timeout: Option<Duration>,
+}
+
+impl CancelOn {
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "event": self.event,
+            "match_path": self.match_path,
+            "condition": self.condition,
+            "timeout_ms": self.timeout.map(|t| t.as_millis() as u64),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +105,14 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("on_failure", Some("onFailure")),
 ];
 
-const SUPPORTED: &[&str] = &["event", "if", "retries", "max_runtime"];
+const SUPPORTED: &[&str] = &[
+    "event",
+    "if",
+    "retries",
+    "max_runtime",
+    "cancel_on",
+    "on_failure",
+];
 
 /// Resolves aliases, refuses unknown and duplicated keys.
 fn canonical_keys(object: &Map<String, Value>) -> Result<Map<String, Value>, ConfigError> {
@@ -170,13 +204,119 @@ pub fn parse(config: &Value) -> Result<FunctionConfig, ConfigError> {
             Some(limit)
         }
     };
+    let cancel_on = match object.get("cancel_on") {
+        None => Vec::new(),
+        Some(value) => parse_cancel_on(value)?,
+    };
+    let on_failure = match object.get("on_failure") {
+        None => None,
+        Some(Value::String(handler)) if !handler.trim().is_empty() => Some(handler.clone()),
+        Some(value) => {
+            return Err(invalid(
+                "on_failure",
+                value,
+                "must name a handler, such as \"notify_failure(jsonb)\"",
+            ))
+        }
+    };
     Ok(FunctionConfig {
         triggers,
         filter,
         max_attempts,
         backoff,
         max_runtime,
+        cancel_on,
+        on_failure,
     })
+}
+
+fn parse_cancel_on(value: &Value) -> Result<Vec<CancelOn>, ConfigError> {
+    let items: Vec<&Value> = match value {
+        Value::Object(_) => vec![value],
+        Value::Array(items) if !items.is_empty() && items.len() <= MAX_CANCEL_ON => items.iter().collect(),
+        _ => {
+            return Err(invalid(
+                "cancel_on",
+                value,
+                format!("must be an object such as {{\"event\": \"app/user.deleted\", \"match\": \"data.userId\"}} or an array of 1 to {MAX_CANCEL_ON}"),
+            ))
+        }
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let key = |name: &str| format!("cancel_on[{index}].{name}");
+            let Value::Object(object) = item else {
+                return Err(invalid(
+                    &format!("cancel_on[{index}]"),
+                    item,
+                    "must be an object with \"event\"",
+                ));
+            };
+            if let Some((name, v)) = object
+                .iter()
+                .find(|(k, _)| !["event", "match", "if", "timeout"].contains(&k.as_str()))
+            {
+                return Err(invalid(
+                    &key(name),
+                    v,
+                    "unknown key; use \"event\", \"match\", \"if\" and \"timeout\"",
+                ));
+            }
+            let event = match object.get("event") {
+                Some(Value::String(name)) => {
+                    event_name::check_name(name).map_err(|e| {
+                        invalid(&key("event"), &object["event"], format!("\"{name}\" {e}"))
+                    })?;
+                    name.clone()
+                }
+                other => {
+                    return Err(invalid(
+                        &key("event"),
+                        other.unwrap_or(&Value::Null),
+                        "must be an event name",
+                    ))
+                }
+            };
+            let match_path = match object.get("match") {
+                None => None,
+                Some(Value::String(path)) => Some(
+                    expr::match_path(path)
+                        .map_err(|e| invalid(&key("match"), &object["match"], e.to_string()))?,
+                ),
+                Some(other) => {
+                    return Err(invalid(
+                        &key("match"),
+                        other,
+                        "must be a path such as \"data.userId\"",
+                    ))
+                }
+            };
+            let condition = match object.get("if") {
+                None => None,
+                Some(Value::String(source)) => Some(
+                    expr::to_jsonpath(source, &["event", "async"])
+                        .map_err(|e| invalid(&key("if"), &object["if"], e.to_string()))?,
+                ),
+                Some(other) => {
+                    return Err(invalid(&key("if"), other, "must be an expression string"))
+                }
+            };
+            let timeout = match object.get("timeout") {
+                None => None,
+                Some(v) => {
+                    Some(duration::from_json(v).map_err(|e| invalid(&key("timeout"), v, e.0))?)
+                }
+            };
+            Ok(CancelOn {
+                event,
+                match_path,
+                condition,
+                timeout,
+            })
+        })
+        .collect()
 }
 
 fn parse_triggers(value: &Value) -> Result<Vec<event_name::Pattern>, ConfigError> {
@@ -449,14 +589,55 @@ mod tests {
     }
 
     #[test]
+    fn cancel_on_and_on_failure() {
+        let c = parse(&json!({
+            "event": "app/subscription.canceled",
+            "cancelOn": [{"event": "app/subscription.renewed", "match": "data.userId", "timeout": "30d",
+                          "if": "async.data.plan == event.data.plan"}],
+            "onFailure": "notify_failure(jsonb)"
+        }))
+        .unwrap();
+        assert_eq!(c.cancel_on.len(), 1);
+        assert_eq!(
+            c.cancel_on[0].match_path.as_deref(),
+            Some(&["data".to_string(), "userId".to_string()][..])
+        );
+        assert_eq!(
+            c.cancel_on[0].timeout,
+            Some(Duration::from_secs(30 * 86400))
+        );
+        assert_eq!(c.on_failure.as_deref(), Some("notify_failure(jsonb)"));
+        let one = parse(&json!({"cancel_on": {"event": "app/x"}})).unwrap();
+        assert_eq!(one.cancel_on[0].match_path, None);
+        assert_eq!(
+            err(json!({"cancel_on": [{"event": "app/x", "match": "data..id"}]})).key,
+            "cancel_on[0].match"
+        );
+        assert_eq!(
+            err(json!({"cancel_on": [{"event": "app/x", "if": "user.id == 1"}]})).key,
+            "cancel_on[0].if"
+        );
+        assert_eq!(
+            err(json!({"cancel_on": [{"match": "data.id"}]})).key,
+            "cancel_on[0].event"
+        );
+        assert_eq!(
+            err(json!({"cancel_on": [{"event": "app/x", "after": 1}]})).key,
+            "cancel_on[0].after"
+        );
+        assert_eq!(err(json!({"cancel_on": []})).key, "cancel_on");
+        assert_eq!(err(json!({"on_failure": 3})).key, "on_failure");
+    }
+
+    #[test]
     fn later_features_are_refused_not_ignored() {
         for key in [
             "cron",
             "concurrency",
-            "cancelOn",
-            "on_failure",
             "batchEvents",
             "debounce",
+            "throttle",
+            "timeouts",
         ] {
             let e = err(json!({ key: 1 }));
             assert_eq!(e.kind, ErrorKind::NotSupportedYet, "{key}");

@@ -359,9 +359,50 @@ pub fn to_jsonpath(source: &str, roots: &[&str]) -> Result<String, ExprError> {
     Ok(out)
 }
 
+/// A `match` path such as `"data.paymentId"`: the field of the new event that
+/// must equal the same field of the triggering event.
+pub fn match_path(source: &str) -> Result<Vec<String>, ExprError> {
+    let source = source
+        .strip_prefix("event.")
+        .or_else(|| source.strip_prefix("async."))
+        .unwrap_or(source);
+    let mut position = 1;
+    let mut path = Vec::new();
+    for segment in source.split('.') {
+        let valid = !segment.is_empty()
+            && segment
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '_' || c == '-' || c == '$');
+        if !valid {
+            return Err(ExprError {
+                position,
+                message: format!(
+                    "\"{segment}\" is not a field name (write a path such as \"data.paymentId\")"
+                ),
+            });
+        }
+        position += segment.chars().count() + 1;
+        path.push(segment.to_string());
+    }
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn match_paths() {
+        assert_eq!(match_path("data.paymentId").unwrap(), ["data", "paymentId"]);
+        assert_eq!(
+            match_path("event.data.user_id").unwrap(),
+            ["data", "user_id"]
+        );
+        let e = match_path("data..x").unwrap_err();
+        assert_eq!(e.position, 6);
+        assert!(match_path("data.a b").is_err());
+        assert!(match_path("").is_err());
+    }
 
     const BOTH: &[&str] = &["event", "async"];
 

@@ -20,7 +20,12 @@ extension_sql_file!("../sql/001_catalog.sql", name = "catalog", bootstrap);
 extension_sql_file!(
     "../sql/100_steps.sql",
     name = "steps",
-    requires = [api::steps::step_internal, api::steps::parallel_internal]
+    requires = [
+        api::steps::step_internal,
+        api::steps::parallel_internal,
+        api::steps::wait_for_event_internal,
+        api::steps::invoke_internal
+    ]
 );
 extension_sql_file!("../sql/900_security.sql", name = "security", finalize);
 

@@ -399,11 +399,13 @@ mod tests {
         setup_handler();
         Spi::run("SELECT jobs.create_function('f', 'handler(jsonb)', '{\"event\": \"app/d\"}'); SELECT jobs.send('app/d')").unwrap();
         Spi::run("SELECT jobs.delete_function('f')").unwrap();
+        // The executors finish the cancellation (there are none in this database).
         assert_eq!(
-            count("SELECT count(*) FROM jobs.runs WHERE status = 'cancelled'"),
+            count(
+                "SELECT count(*) FROM jobs.queue WHERE cancelled->>'message' = 'function deleted'"
+            ),
             1
         );
-        assert_eq!(count("SELECT count(*) FROM jobs.queue"), 0);
         assert_eq!(count("SELECT count(*) FROM jobs.triggers"), 0);
     }
 
@@ -462,5 +464,88 @@ mod tests {
             &["bad input"],
         );
         expect_error("SELECT jobs.retry_after('busy', '30s')", "JB003", &["busy"]);
+    }
+
+    #[pg_test]
+    fn bad_waits_invokes_and_cancellations_are_refused() {
+        setup_handler();
+        expect_error(
+            "SELECT jobs.wait_for_event('w', 'app/x', NULL)",
+            "22004",
+            &["timeout"],
+        );
+        expect_error(
+            "SELECT jobs.wait_for_event('w', 'app/x', '0s')",
+            "22023",
+            &["timeout", "longer than zero"],
+        );
+        expect_error(
+            "SELECT jobs.wait_for_event('w', '', '1h')",
+            "22023",
+            &["event"],
+        );
+        expect_error(
+            "SELECT jobs.wait_for_event('w', 'app/x', '1h', match => 'data..id')",
+            "22023",
+            &["match", "data..id"],
+        );
+        expect_error(
+            "SELECT jobs.wait_for_event('w', 'app/x', '1h', condition => 'async.data.x == evnt.data.x')",
+            "22023",
+            &["condition", "evnt", "position 17"],
+        );
+        expect_error(
+            "SELECT jobs.wait_for_event('w', 'app/x', '1h')",
+            "55000",
+            &["jobs.wait_for_event", "handler"],
+        );
+        expect_error(
+            "SELECT jobs.invoke('i', 'f', '[1]')",
+            "22023",
+            &["jobs.invoke", "object"],
+        );
+        expect_error(
+            "SELECT jobs.invoke('i', 'f')",
+            "55000",
+            &["jobs.invoke", "handler"],
+        );
+        expect_error(
+            "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"cancel_on\": {\"event\": \"app/x\", \"match\": \"data id\"}}')",
+            "22023",
+            &["cancel_on[0].match"],
+        );
+        expect_error(
+            "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"cancel_on\": [{\"event\": \"app/x\", \"if\": \"event.x ==\"}]}')",
+            "22023",
+            &["cancel_on[0].if", "end of the expression"],
+        );
+        expect_error("SELECT jobs.create_function('f', 'handler(jsonb)', '{\"on_failure\": \"nope(jsonb)\"}')", "42883", &["on_failure", "nope(jsonb)"]);
+        expect_error(
+            "SELECT jobs.cancel_run(gen_random_uuid())",
+            "42704",
+            &["does not exist"],
+        );
+        assert_eq!(count("SELECT count(*) FROM jobs.functions"), 0);
+    }
+
+    #[pg_test]
+    fn on_failure_defines_a_failure_function_that_follows_its_function() {
+        setup_handler();
+        Spi::run("SELECT jobs.create_function('f', 'handler(jsonb)', '{\"onFailure\": \"handler(jsonb)\", \"cancel_on\": {\"event\": \"app/stop\", \"match\": \"data.id\"}}')").unwrap();
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM jobs.functions WHERE id = 'f-failure' AND failure_of = 'f'"
+            ),
+            1
+        );
+        assert_eq!(count("SELECT count(*) FROM jobs.triggers WHERE function_id = 'f-failure' AND event = 'jobs/function.failed'"), 1);
+        assert_eq!(count("SELECT count(*) FROM jobs.wait_paths WHERE event = 'app/stop' AND match_path = '{data,id}'"), 1);
+        Spi::run("SELECT jobs.create_function('f', 'handler(jsonb)')").unwrap();
+        assert_eq!(
+            count("SELECT count(*) FROM jobs.functions WHERE id = 'f-failure'"),
+            0
+        );
+        Spi::run("SELECT jobs.create_function('g-failure', 'handler(jsonb)')").unwrap();
+        expect_error("SELECT jobs.create_function('g', 'handler(jsonb)', '{\"on_failure\": \"handler(jsonb)\"}')", "42710", &["g-failure"]);
     }
 }

@@ -54,6 +54,32 @@ pub enum Operation {
     },
     /// Run these steps at the same time on free executors; resume when all are done.
     Parallel(Vec<PlannedStep>),
+    /// Suspend the run until an event arrives, or `timeout_ms` passes.
+    Wait(PlannedWait),
+    /// Start a run of another function and suspend until it finishes.
+    Invoke(PlannedInvoke),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedWait {
+    pub id: String,
+    pub name: String,
+    pub event: String,
+    pub timeout_ms: i64,
+    /// Field of the awaited event that must equal the triggering event's.
+    pub match_path: Option<Vec<String>>,
+    /// SQL/JSON path predicate over `{"event": trigger, "async": awaited}`.
+    pub condition: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedInvoke {
+    pub id: String,
+    pub name: String,
+    pub function_id: String,
+    /// The invoked run's event data, as JSON text.
+    pub data: String,
+    pub timeout_ms: Option<i64>,
 }
 
 #[derive(Debug, Default)]

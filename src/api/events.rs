@@ -205,9 +205,12 @@ thread_local! {
     static FIND_DUPLICATE: StatementCache = const { StatementCache::new() };
     static MATCH_FUNCTIONS: StatementCache = const { StatementCache::new() };
     static INSERT_EVENT_AND_RUNS: StatementCache = const { StatementCache::new() };
+    static MATCH_WAITS: StatementCache = const { StatementCache::new() };
+    static LISTENED: StatementCache = const { StatementCache::new() };
 }
 
-/// Stores the events and the runs they start; returns the event ids.
+/// Stores the events and the runs they start, and resumes or cancels the
+/// runs waiting for them; returns the event ids.
 pub fn record(events: Vec<NewEvent>) -> Vec<pgrx::Uuid> {
     as_catalog_owner(|_| {
         Spi::connect_mut(|client| {
@@ -223,8 +226,11 @@ pub fn record(events: Vec<NewEvent>) -> Vec<pgrx::Uuid> {
                     Some(_) => Vec::new(),
                     None => matching_functions(client, id, &event),
                 };
-                runnable += targets.iter().filter(|(_, _, held)| !held).count();
-                insert_event(client, id, &event, duplicate_of, &targets);
+                runnable += targets.iter().filter(|t| !t.held).count();
+                insert_event(client, id, &event, duplicate_of, &targets, None);
+                if duplicate_of.is_none() {
+                    runnable += match_waits(client, id, &event);
+                }
                 ids.push(id);
             }
             shmem::wake_workers_at_commit(runnable);
@@ -273,22 +279,29 @@ fn find_duplicate(
         .flatten()
 }
 
-/// A run to start: its id, its function, and whether the function is paused.
-pub type Target = (pgrx::Uuid, String, bool);
+/// A run to start.
+pub struct Target {
+    pub run: pgrx::Uuid,
+    pub function: String,
+    /// The function is paused: the run waits for jobs.resume_function.
+    pub held: bool,
+    /// The function's checked cancel_on, as stored in jobs.functions.
+    pub cancel_on: Option<String>,
+}
 
 /// The functions `event` triggers: by name or wildcard, and by their `if` filter.
 fn matching_functions(client: &SpiClient<'_>, id: pgrx::Uuid, event: &NewEvent) -> Vec<Target> {
     let matching = prepared(
         &MATCH_FUNCTIONS,
         client,
-        "SELECT f.id, f.paused
+        "SELECT f.id, f.paused, f.cancel_on::text
          FROM jobs.triggers t JOIN jobs.functions f ON f.id = t.function_id
          WHERE t.event = ANY ($1) AND (t.wildcard OR t.event = $2)
            AND (f.filter IS NULL OR jsonb_path_match(
                 jsonb_build_object('event', jsonb_build_object(
                     'id', $3, 'name', $2, 'data', $4, 'ts', coalesce($5, now()))),
                 f.filter, '{}', true))
-         GROUP BY f.id, f.paused",
+         GROUP BY f.id, f.paused, f.cancel_on::text",
         &[
             TEXTARRAYOID.value(),
             TEXTOID.value(),
@@ -313,25 +326,29 @@ fn matching_functions(client: &SpiClient<'_>, id: pgrx::Uuid, event: &NewEvent) 
             ],
         )
         .expect("matching functions")
-        .map(|row| {
-            let function_id: String = row
+        .map(|row| Target {
+            run: new_id(),
+            function: row
                 .get(1)
                 .ok()
                 .flatten()
-                .expect("function id is never null");
-            let paused: bool = row.get(2).ok().flatten().unwrap_or(false);
-            (new_id(), function_id, paused)
+                .expect("function id is never null"),
+            held: row.get(2).ok().flatten().unwrap_or(false),
+            cancel_on: row.get(3).ok().flatten(),
         })
         .collect()
 }
 
-/// Inserts the event, and a run and a queue entry for each target, in one statement.
+/// Inserts the event, a run and a queue entry for each target, and the waits
+/// of their cancel_on, in one statement. `parent` is the run and step that
+/// invoked the target.
 pub fn insert_event(
     client: &mut SpiClient<'_>,
     id: pgrx::Uuid,
     event: &NewEvent,
     duplicate_of: Option<pgrx::Uuid>,
     targets: &[Target],
+    parent: Option<(pgrx::Uuid, &str)>,
 ) {
     let insert = prepared(
         &INSERT_EVENT_AND_RUNS,
@@ -339,13 +356,24 @@ pub fn insert_event(
         "WITH event AS (
             INSERT INTO jobs.events (id, name, data, ts, dedup_id, duplicate_of)
             VALUES ($1, $2, $3, coalesce($4, now()), $5, $6)
+            RETURNING jsonb_build_object('id', id, 'name', name, 'data', data, 'ts', ts) AS doc
          ), runs AS (
-            INSERT INTO jobs.runs (id, function_id, event_id)
-            SELECT run_id, function_id, $1 FROM unnest($7::uuid[], $8::text[]) AS r (run_id, function_id)
+            INSERT INTO jobs.runs (id, function_id, event_id, parent_run_id, parent_step_id)
+            SELECT run_id, function_id, $1, $11, $12 FROM unnest($7::uuid[], $8::text[]) AS r (run_id, function_id)
+         ), queued AS (
+            INSERT INTO jobs.queue (run_id, function_id, due_at, held)
+            SELECT run_id, function_id, greatest(coalesce($4, now()), now()), held
+            FROM unnest($7::uuid[], $8::text[], $9::bool[]) AS r (run_id, function_id, held)
          )
-         INSERT INTO jobs.queue (run_id, function_id, due_at, held)
-         SELECT run_id, function_id, greatest(coalesce($4, now()), now()), held
-         FROM unnest($7::uuid[], $8::text[], $9::bool[]) AS r (run_id, function_id, held)",
+         INSERT INTO jobs.waits (run_id, step_id, kind, event, match_path, match_value, condition, trigger, expires_at)
+         SELECT r.run_id, 'cancel_on:' || (c.n - 1), 'cancel', c.spec->>'event', m.path,
+                (SELECT doc FROM event) #> m.path, (c.spec->>'condition')::jsonpath,
+                CASE WHEN c.spec->>'condition' IS NOT NULL THEN (SELECT doc FROM event) END,
+                clock_timestamp() + (c.spec->>'timeout_ms')::float8 * interval '1 millisecond'
+         FROM unnest($7::uuid[], $10::jsonb[]) AS r (run_id, specs)
+         CROSS JOIN LATERAL jsonb_array_elements(r.specs) WITH ORDINALITY AS c (spec, n)
+         CROSS JOIN LATERAL (SELECT CASE WHEN jsonb_typeof(c.spec->'match_path') = 'array'
+                THEN ARRAY(SELECT jsonb_array_elements_text(c.spec->'match_path')) END AS path) m",
         &[
             UUIDOID.value(),
             TEXTOID.value(),
@@ -356,11 +384,23 @@ pub fn insert_event(
             UUIDARRAYOID.value(),
             TEXTARRAYOID.value(),
             BOOLARRAYOID.value(),
+            JSONBARRAYOID.value(),
+            UUIDOID.value(),
+            TEXTOID.value(),
         ],
     );
-    let run_ids: Vec<pgrx::Uuid> = targets.iter().map(|t| t.0).collect();
-    let function_ids: Vec<String> = targets.iter().map(|t| t.1.clone()).collect();
-    let held: Vec<bool> = targets.iter().map(|t| t.2).collect();
+    let run_ids: Vec<pgrx::Uuid> = targets.iter().map(|t| t.run).collect();
+    let function_ids: Vec<&str> = targets.iter().map(|t| t.function.as_str()).collect();
+    let held: Vec<bool> = targets.iter().map(|t| t.held).collect();
+    let cancel_on: Vec<Option<JsonB>> = targets
+        .iter()
+        .map(|t| {
+            t.cancel_on
+                .as_deref()
+                .and_then(|c| serde_json::from_str(c).ok())
+                .map(JsonB)
+        })
+        .collect();
     client
         .update(
             insert,
@@ -375,9 +415,175 @@ pub fn insert_event(
                 run_ids.into(),
                 function_ids.into(),
                 held.into(),
+                cancel_on.into(),
+                parent.map(|p| p.0).into(),
+                parent.map(|p| p.1).into(),
             ],
         )
         .expect("recording an event");
+}
+
+/// Resumes the runs waiting for this event (jobs.wait_for_event) and cancels
+/// those it cancels (cancel_on), in the sender's transaction; returns how many
+/// runs became due. One event satisfies a given wait once: the wait is
+/// deleted as it is taken.
+fn match_waits(client: &mut SpiClient<'_>, id: pgrx::Uuid, event: &NewEvent) -> usize {
+    // Serializes with an executor registering a wait for this name, so that
+    // one of the two always sees the other (see worker/run.rs, wait_for_event).
+    lock_event_name(&event.name, false);
+    let matching = prepared(
+        &MATCH_WAITS,
+        client,
+        "WITH doc AS (
+            SELECT e AS e FROM (SELECT jsonb_build_object('id', $1, 'name', $2, 'data', $3, 'ts', ts) AS e
+                                FROM jobs.events WHERE id = $1) x
+         ), matched AS (
+            SELECT w.run_id, w.step_id, w.kind
+            FROM jobs.wait_paths p
+            JOIN jobs.waits w ON w.event = p.event AND w.match_path = p.match_path
+                             AND w.match_value = ((SELECT e FROM doc) #> p.match_path)
+            WHERE p.event = $2
+              AND (w.condition IS NULL OR jsonb_path_match(
+                    jsonb_build_object('event', w.trigger, 'async', (SELECT e FROM doc)), w.condition, '{}', true))
+              AND (w.expires_at IS NULL OR w.expires_at > now())
+            UNION ALL
+            SELECT w.run_id, w.step_id, w.kind
+            FROM jobs.waits w
+            WHERE w.event = $2 AND w.match_path IS NULL
+              AND (w.condition IS NULL OR jsonb_path_match(
+                    jsonb_build_object('event', w.trigger, 'async', (SELECT e FROM doc)), w.condition, '{}', true))
+              AND (w.expires_at IS NULL OR w.expires_at > now())
+         ), taken AS (
+            DELETE FROM jobs.waits w USING matched m
+            WHERE m.kind = 'event' AND w.run_id = m.run_id AND w.step_id = m.step_id
+            RETURNING w.run_id, w.step_id
+         ), resumed AS (
+            UPDATE jobs.steps s SET status = 'completed', output = (SELECT e FROM doc), ended_at = clock_timestamp()
+            FROM taken t WHERE s.run_id = t.run_id AND s.id = t.step_id AND s.status = 'waiting'
+            RETURNING s.run_id
+         ), due AS (
+            UPDATE jobs.queue q SET due_at = now()
+            FROM resumed r WHERE q.run_id = r.run_id AND q.step_id = ''
+            RETURNING 1
+         ), cancelled AS (
+            UPDATE jobs.queue q SET due_at = now(), held = false,
+                   cancelled = jsonb_build_object('message', 'cancelled by event ' || $2, 'event_id', $1)
+            FROM (SELECT DISTINCT run_id FROM matched WHERE kind = 'cancel') m
+            WHERE q.run_id = m.run_id AND q.step_id = '' AND q.cancelled IS NULL
+            RETURNING 1
+         )
+         SELECT (SELECT count(*) FROM due) + (SELECT count(*) FROM cancelled)",
+        &[UUIDOID.value(), TEXTOID.value(), JSONBOID.value()],
+    );
+    let data = unsafe { DatumWithOid::new(event.data, JSONBOID.value()) };
+    client
+        .update(
+            matching,
+            None,
+            &[id.into(), event.name.as_str().into(), data],
+        )
+        .expect("matching waits")
+        .first()
+        .get_one::<i64>()
+        .ok()
+        .flatten()
+        .unwrap_or(0) as usize
+}
+
+/// An advisory lock on an event name, for the transaction. Senders take it
+/// shared; an executor registering a wait takes it exclusive, without waiting
+/// (`wait = false`), and returns whether it got it.
+pub fn lock_event_name(name: &str, exclusive: bool) -> bool {
+    // FNV-1a: stable across processes and releases.
+    let hash = name.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    });
+    let tag = pg_sys::LOCKTAG {
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: EVENT_NAME_LOCK_SPACE,
+        locktag_field3: hash,
+        // Advisory locks on two int4 keys use 2 here, like pg_advisory_lock(int, int).
+        locktag_field4: 2,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    };
+    let mode = if exclusive {
+        pg_sys::ExclusiveLock
+    } else {
+        pg_sys::ShareLock
+    } as i32;
+    let result = unsafe { pg_sys::LockAcquire(&tag, mode, false, exclusive) };
+    result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+}
+
+/// First key of pg_jobs' advisory locks ("jobs" in ASCII), unlikely to clash with an application's.
+const EVENT_NAME_LOCK_SPACE: u32 = 0x6a6f_6273;
+
+/// Sends one of pg_jobs' own events (`jobs/function.finished`, ...), if any
+/// function or run listens for it: nothing is recorded otherwise.
+pub fn emit(name: &str, data: serde_json::Value) -> usize {
+    let listened = Spi::connect(|client| {
+        let listened = prepared(
+            &LISTENED,
+            client,
+            "SELECT EXISTS (SELECT FROM jobs.triggers WHERE event = ANY ($1) AND (wildcard OR event = $2))
+                 OR EXISTS (SELECT FROM jobs.waits WHERE event = $2)",
+            &[TEXTARRAYOID.value(), TEXTOID.value()],
+        );
+        let mut keys = event_name::wildcard_prefixes(name);
+        keys.push(name.to_string());
+        client.select(listened, None, &[keys.into(), name.into()]).expect("looking for listeners").first().get_one::<bool>()
+    })
+    .ok()
+    .flatten()
+        == Some(true);
+    if !listened {
+        return 0;
+    }
+    let data = JsonB(data).into_datum().expect("jsonb is never null here");
+    record(vec![NewEvent {
+        name: name.to_string(),
+        data,
+        dedup_id: None,
+        ts: None,
+    }])
+    .len()
+}
+
+/// Starts a run of `function_id` with `data`, whatever its triggers (the event
+/// is `jobs/function.invoked`); `parent` is the run and step waiting for it.
+/// Returns the run id, or `None` when there is no such function.
+pub fn start_invoked_run(
+    function_id: &str,
+    data: serde_json::Value,
+    parent: Option<(pgrx::Uuid, &str)>,
+) -> Option<pgrx::Uuid> {
+    let found = Spi::get_two_with_args::<bool, String>(
+        "SELECT f.paused, f.cancel_on::text FROM (SELECT 1) one LEFT JOIN jobs.functions f ON f.id = $1",
+        &[function_id.into()],
+    )
+    .unwrap_or_else(|e| panic!("looking up function {function_id}: {e}"));
+    let (Some(held), cancel_on) = found else {
+        return None;
+    };
+    let event = NewEvent {
+        name: "jobs/function.invoked".into(),
+        data: JsonB(data).into_datum().expect("jsonb is never null here"),
+        dedup_id: None,
+        ts: None,
+    };
+    let target = Target {
+        run: new_id(),
+        function: function_id.to_string(),
+        held,
+        cancel_on,
+    };
+    let run = target.run;
+    Spi::connect_mut(|client| insert_event(client, new_id(), &event, None, &[target], parent));
+    if !held {
+        shmem::wake_workers_at_commit(1);
+    }
+    Some(run)
 }
 
 /// Ids are UUIDv7: time-ordered, so that indexes on them stay compact.

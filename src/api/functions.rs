@@ -4,7 +4,7 @@
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 
-use super::events::{insert_event, new_id, NewEvent};
+use super::events::start_invoked_run;
 use super::types::RegProcedure;
 use super::{as_catalog_owner, current_role};
 use crate::config::{self, FunctionConfig};
@@ -96,8 +96,10 @@ fn exists(id: &str) -> bool {
         == Some(true)
 }
 
+// No `SET search_path` here, unlike the other entry points: an `on_failure`
+// handler name is resolved with the caller's search_path, as `handler` is.
+// The catalog writes pin it themselves (as_catalog_owner).
 #[pg_extern(volatile, parallel_unsafe)]
-#[search_path(pg_catalog, pg_temp)]
 fn create_function(
     id: Option<&str>,
     handler: Option<RegProcedure>,
@@ -108,46 +110,135 @@ fn create_function(
     let signature = check_handler(handler);
     let config = config.map(|c| c.0).unwrap_or_else(|| serde_json::json!({}));
     let parsed: FunctionConfig = config::parse(&config).unwrap_or_else(|e| errors::config(e));
+    let on_failure = parsed.on_failure.as_deref().map(resolve_on_failure);
     as_catalog_owner(|owner| {
         if exists(id) {
             check_may_change(id, owner);
         }
-        let (names, wildcards): (Vec<String>, Vec<bool>) = parsed
-            .triggers
-            .iter()
-            .map(|t| (t.name.clone(), t.wildcard))
-            .unzip();
-        Spi::run_with_args(
-            "WITH defined AS (
-                INSERT INTO jobs.functions AS f
-                    (id, handler, config, owner, max_attempts, backoff, max_runtime, filter)
-                VALUES ($1, $2, $3, $4, $5, $6, $7 * interval '1 millisecond', $8::jsonpath)
-                ON CONFLICT (id) DO UPDATE SET
-                    handler = excluded.handler, config = excluded.config, owner = excluded.owner,
-                    max_attempts = excluded.max_attempts, backoff = excluded.backoff,
-                    max_runtime = excluded.max_runtime, filter = excluded.filter, updated_at = now()
-                RETURNING id
-             ), old_triggers AS (
-                DELETE FROM jobs.triggers WHERE function_id = $1
-             )
-             INSERT INTO jobs.triggers (event, wildcard, function_id)
-             SELECT event, wildcard, (SELECT id FROM defined)
-             FROM unnest($9::text[], $10::bool[]) AS t (event, wildcard)",
-            &[
-                id.into(),
-                signature.as_str().into(),
-                JsonB(config).into(),
-                owner.into(),
-                (parsed.max_attempts as i32).into(),
-                JsonB(parsed.backoff.to_json()).into(),
-                parsed.max_runtime.map(|d| d.as_millis() as f64).into(),
-                parsed.filter.as_deref().into(),
-                names.into(),
-                wildcards.into(),
-            ],
-        )
-        .unwrap_or_else(|e| panic!("storing function {id}: {e}"));
+        store_function(id, &signature, &config, owner, &parsed, None);
+        let failure_id = format!("{id}-failure");
+        match on_failure {
+            Some(failure_handler) => {
+                let taken = Spi::get_one_with_args::<bool>(
+                    "SELECT EXISTS (SELECT FROM jobs.functions WHERE id = $1 AND failure_of IS DISTINCT FROM $2)",
+                    &[failure_id.as_str().into(), id.into()],
+                )
+                .unwrap_or_else(|e| panic!("looking up function {failure_id}: {e}"));
+                if taken == Some(true) {
+                    raise(
+                        PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+                        format!("config key \"on_failure\": its function would be \"{failure_id}\", which is another function's id"),
+                    )
+                }
+                let failure_config = serde_json::json!({
+                    "event": "jobs/function.failed",
+                    "if": format!("event.data.function_id == {}", serde_json::Value::String(id.to_string())),
+                });
+                let failure_parsed =
+                    config::parse(&failure_config).expect("the failure function's config is valid");
+                store_function(
+                    &failure_id,
+                    &failure_handler,
+                    &failure_config,
+                    owner,
+                    &failure_parsed,
+                    Some(id),
+                );
+            }
+            None => delete_failure_function(id),
+        }
     });
+}
+
+/// `on_failure` names a handler as `handler` does, resolved with the caller's search_path.
+fn resolve_on_failure(name: &str) -> String {
+    let oid = Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT pg_catalog.to_regprocedure($1)::pg_catalog.oid",
+        &[name.into()],
+    )
+    .unwrap_or_else(|e| panic!("looking up the on_failure handler: {e}"));
+    match oid {
+        Some(oid) => check_handler(Some(RegProcedure(oid))),
+        None => raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_FUNCTION,
+            format!("config key \"on_failure\" = \"{name}\": no such function (give its arguments: \"{name}(jsonb)\")"),
+        ),
+    }
+}
+
+/// Inserts or replaces a function and its triggers.
+fn store_function(
+    id: &str,
+    signature: &str,
+    config: &serde_json::Value,
+    owner: pg_sys::Oid,
+    parsed: &FunctionConfig,
+    failure_of: Option<&str>,
+) {
+    let (names, wildcards): (Vec<String>, Vec<bool>) = parsed
+        .triggers
+        .iter()
+        .map(|t| (t.name.clone(), t.wildcard))
+        .unzip();
+    let cancel_on = (!parsed.cancel_on.is_empty()).then(|| {
+        JsonB(serde_json::Value::Array(
+            parsed.cancel_on.iter().map(|c| c.to_json()).collect(),
+        ))
+    });
+    let cancel_paths: Vec<(String, Vec<String>)> = parsed
+        .cancel_on
+        .iter()
+        .filter_map(|c| c.match_path.clone().map(|path| (c.event.clone(), path)))
+        .collect();
+    Spi::run_with_args(
+        "WITH defined AS (
+            INSERT INTO jobs.functions AS f
+                (id, handler, config, owner, max_attempts, backoff, max_runtime, filter, cancel_on, failure_of)
+            VALUES ($1, $2, $3, $4, $5, $6, $7 * interval '1 millisecond', $8::jsonpath, $11, $12)
+            ON CONFLICT (id) DO UPDATE SET
+                handler = excluded.handler, config = excluded.config, owner = excluded.owner,
+                max_attempts = excluded.max_attempts, backoff = excluded.backoff,
+                max_runtime = excluded.max_runtime, filter = excluded.filter,
+                cancel_on = excluded.cancel_on, failure_of = excluded.failure_of, updated_at = now()
+            RETURNING id
+         ), old_triggers AS (
+            DELETE FROM jobs.triggers WHERE function_id = $1
+         )
+         INSERT INTO jobs.triggers (event, wildcard, function_id)
+         SELECT event, wildcard, (SELECT id FROM defined)
+         FROM unnest($9::text[], $10::bool[]) AS t (event, wildcard)",
+        &[
+            id.into(),
+            signature.into(),
+            JsonB(config.clone()).into(),
+            owner.into(),
+            (parsed.max_attempts as i32).into(),
+            JsonB(parsed.backoff.to_json()).into(),
+            parsed.max_runtime.map(|d| d.as_millis() as f64).into(),
+            parsed.filter.as_deref().into(),
+            names.into(),
+            wildcards.into(),
+            cancel_on.into(),
+            failure_of.into(),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("storing function {id}: {e}"));
+    for (event, path) in cancel_paths {
+        Spi::run_with_args(
+            "INSERT INTO jobs.wait_paths (event, match_path) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[event.as_str().into(), path.into()],
+        )
+        .unwrap_or_else(|e| panic!("storing cancel_on of {id}: {e}"));
+    }
+}
+
+/// The function made for `id`'s on_failure goes with it (its history stays).
+fn delete_failure_function(id: &str) {
+    Spi::run_with_args(
+        "DELETE FROM jobs.functions WHERE failure_of = $1",
+        &[id.into()],
+    )
+    .unwrap_or_else(|e| panic!("deleting the on_failure function of {id}: {e}"));
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
@@ -156,17 +247,20 @@ fn delete_function(id: Option<&str>) {
     let id = check_id(id);
     as_catalog_owner(|caller| {
         check_may_change(id, caller);
-        // Runs not yet claimed are cancelled now; one an executor holds is
-        // cancelled when the executor finds its function gone.
-        Spi::run_with_args(
+        delete_failure_function(id);
+        // Its unfinished runs are cancelled by the executors (after the step
+        // they may be running), which tell whoever waits for them.
+        let flagged = Spi::get_one_with_args::<i64>(
             "WITH gone AS (DELETE FROM jobs.functions WHERE id = $1),
-                  unclaimed AS (DELETE FROM jobs.queue WHERE function_id = $1 AND claimed_by IS NULL RETURNING run_id)
-             UPDATE jobs.runs SET status = 'cancelled', ended_at = clock_timestamp(),
-                    error = jsonb_build_object('message', 'function deleted')
-             WHERE id IN (SELECT run_id FROM unclaimed)",
+                  flagged AS (UPDATE jobs.queue SET due_at = now(), held = false,
+                                     cancelled = coalesce(cancelled, '{\"message\": \"function deleted\"}')
+                              WHERE function_id = $1 AND step_id = '' RETURNING 1)
+             SELECT count(*) FROM flagged",
             &[id.into()],
         )
-        .unwrap_or_else(|e| panic!("deleting function {id}: {e}"));
+        .unwrap_or_else(|e| panic!("deleting function {id}: {e}"))
+        .unwrap_or(0);
+        shmem::wake_workers_at_commit(flagged as usize);
     });
 }
 
@@ -208,32 +302,52 @@ fn invoke_function(id: Option<&str>, data: default!(Option<JsonB>, "'{}'")) -> p
         Some(object @ serde_json::Value::Object(_)) => object,
         Some(_) | None => invalid(format!("data for function \"{id}\" must be a JSON object")),
     };
-    as_catalog_owner(|_| {
-        let paused = Spi::get_one_with_args::<bool>(
-            "SELECT (SELECT paused FROM jobs.functions WHERE id = $1)",
-            &[id.into()],
+    as_catalog_owner(|_| start_invoked_run(id, data, None))
+        .unwrap_or_else(|| errors::unknown_function(id))
+}
+
+/// Cancels a run: at once if it waits in the queue (queued, sleeping, waiting),
+/// after the step it is running otherwise.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn cancel_run(run_id: Option<pgrx::Uuid>) {
+    let Some(run_id) = run_id else {
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "run_id must not be null",
         )
-        .unwrap_or_else(|e| panic!("looking up function {id}: {e}"))
-        .unwrap_or_else(|| errors::unknown_function(id));
-        let event = NewEvent {
-            name: "jobs/function.invoked".into(),
-            data: JsonB(data).into_datum().expect("jsonb is never null here"),
-            dedup_id: None,
-            ts: None,
-        };
-        let run_id = new_id();
-        Spi::connect_mut(|client| {
-            insert_event(
-                client,
-                new_id(),
-                &event,
-                None,
-                &[(run_id, id.to_string(), paused)],
+    };
+    as_catalog_owner(|caller| {
+        let found = Spi::get_two_with_args::<String, String>(
+            "SELECT r.function_id, r.status FROM (SELECT 1) one LEFT JOIN jobs.runs r ON r.id = $1",
+            &[run_id.into()],
+        )
+        .unwrap_or_else(|e| panic!("looking up run {run_id}: {e}"));
+        let (Some(function_id), Some(status)) = found else {
+            raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                format!("run {run_id} does not exist"),
             )
-        });
-        if !paused {
-            shmem::wake_workers_at_commit(1);
+        };
+        if exists(&function_id) {
+            check_may_change(&function_id, caller);
         }
-        run_id
-    })
+        let flagged = Spi::get_one_with_args::<bool>(
+            "WITH flagged AS (
+                UPDATE jobs.queue SET due_at = now(), held = false,
+                       cancelled = jsonb_build_object('message', 'cancelled by jobs.cancel_run', 'by', $2::regrole::text)
+                WHERE run_id = $1 AND step_id = '' AND cancelled IS NULL
+                RETURNING 1)
+             SELECT EXISTS (SELECT FROM flagged)",
+            &[run_id.into(), caller.into()],
+        )
+        .unwrap_or_else(|e| panic!("cancelling run {run_id}: {e}"));
+        if flagged != Some(true) {
+            raise(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("run {run_id} is {status}: there is nothing left to cancel"),
+            )
+        }
+        shmem::wake_workers_at_commit(1);
+    });
 }

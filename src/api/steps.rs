@@ -8,7 +8,7 @@ use pgrx::{JsonB, PgSqlErrorCode};
 use serde_json::{json, Value};
 
 use crate::errors::{invalid, raise};
-use crate::replay::{self, Memo, Operation, PlannedStep, Replay};
+use crate::replay::{self, Memo, Operation, PlannedInvoke, PlannedStep, PlannedWait, Replay};
 
 /// Every step call starts here: inside a handler pg_jobs runs, by the role
 /// the handler runs as.
@@ -192,4 +192,103 @@ fn sleep_until(id: Option<&str>, until: Option<TimestampWithTimeZone>) {
         )
     };
     sleep_until_millis(id, "jobs.sleep_until", || unix_millis(until));
+}
+
+fn interval_millis(
+    function: &str,
+    field: &str,
+    interval: Option<pgrx::datum::Interval>,
+) -> Option<i64> {
+    let interval = interval?;
+    let millis = (interval.as_micros() / 1000).clamp(i64::MIN as i128, i64::MAX as i128) as i64;
+    if millis <= 0 {
+        invalid(format!("{function}: {field} must be longer than zero"))
+    }
+    Some(millis)
+}
+
+#[pg_extern(name = "_wait_for_event", volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn wait_for_event_internal(
+    id: Option<&str>,
+    event: Option<&str>,
+    timeout: Option<pgrx::datum::Interval>,
+    match_path: Option<&str>,
+    condition: Option<&str>,
+) -> Option<JsonB> {
+    const FUNCTION: &str = "jobs.wait_for_event";
+    let name = required(FUNCTION, "id", id);
+    let event = required(FUNCTION, "event", event);
+    if let Err(why) = crate::event_name::check_name(event) {
+        invalid(format!("{FUNCTION}: event \"{event}\" {why}"))
+    }
+    let Some(timeout_ms) = interval_millis(FUNCTION, "timeout", timeout) else {
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{FUNCTION}: timeout must not be null"),
+        )
+    };
+    let match_path = match_path.map(|path| {
+        crate::expr::match_path(path)
+            .unwrap_or_else(|e| invalid(format!("{FUNCTION}: match \"{path}\": {e}")))
+    });
+    let condition = condition.map(|source| {
+        crate::expr::to_jsonpath(source, &["event", "async"])
+            .unwrap_or_else(|e| invalid(format!("{FUNCTION}: condition \"{source}\": {e}")))
+    });
+    in_handler(FUNCTION, |replay| {
+        let id = replay.next_id(name);
+        if let (Some(Memo::Completed(output)), false) = (replay.memo(&id), replay.has_yielded()) {
+            return output
+                .as_deref()
+                .and_then(|o| serde_json::from_str(o).ok())
+                .map(JsonB);
+        }
+        replay.yield_operation(Operation::Wait(PlannedWait {
+            id: id.clone(),
+            name: name.to_string(),
+            event: event.to_string(),
+            timeout_ms,
+            match_path,
+            condition,
+        }));
+        stop(&id)
+    })
+}
+
+#[pg_extern(name = "_invoke", volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn invoke_internal(
+    id: Option<&str>,
+    function_id: Option<&str>,
+    data: Option<JsonB>,
+    timeout: Option<pgrx::datum::Interval>,
+) -> JsonB {
+    const FUNCTION: &str = "jobs.invoke";
+    let name = required(FUNCTION, "id", id);
+    let function_id = required(FUNCTION, "function_id", function_id);
+    let data = match data.map(|d| d.0) {
+        None => Value::Object(Default::default()),
+        Some(object @ Value::Object(_)) => object,
+        Some(_) => invalid(format!(
+            "{FUNCTION}: data for \"{function_id}\" must be a JSON object"
+        )),
+    };
+    let timeout_ms = interval_millis(FUNCTION, "timeout", timeout);
+    in_handler(FUNCTION, |replay| {
+        let id = replay.next_id(name);
+        match replay.memo(&id).and_then(envelope) {
+            Some(done) if !replay.has_yielded() => JsonB(done),
+            _ => {
+                replay.yield_operation(Operation::Invoke(PlannedInvoke {
+                    id: id.clone(),
+                    name: name.to_string(),
+                    function_id: function_id.to_string(),
+                    data: data.to_string(),
+                    timeout_ms,
+                }));
+                stop(&id)
+            }
+        }
+    })
 }

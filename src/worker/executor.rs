@@ -171,7 +171,7 @@ fn execute(claimed: Vec<Claimed>) -> bool {
                         });
                     }
                 }
-                if started.elapsed() >= COMMIT_AFTER {
+                if run::must_commit_now() || started.elapsed() >= COMMIT_AFTER {
                     break;
                 }
             }

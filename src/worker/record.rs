@@ -10,6 +10,7 @@ use pgrx::JsonB;
 
 use super::invoke::Failure;
 use crate::api::{prepared, StatementCache};
+use crate::replay::{PlannedInvoke, PlannedWait};
 
 /// Runs `sql`, prepared once per executor, with `args`; the first column of
 /// the first row it returns, if any.
@@ -32,6 +33,12 @@ fn exec<T: FromDatum + IntoDatum>(
     })
 }
 
+/// Work was put back with a due time: an idle executor recomputes its timer at
+/// commit, so the time is kept even while this executor stays busy.
+fn rearm_timers() {
+    crate::shmem::wake_workers_at_commit(1);
+}
+
 fn failure_json(failure: &Failure) -> DatumWithOid<'static> {
     JsonB(failure.to_json()).into()
 }
@@ -41,10 +48,11 @@ fn millis(duration: Duration) -> DatumWithOid<'static> {
 }
 
 thread_local! {
-    static COMPLETE: StatementCache = const { StatementCache::new() };
-    static FAIL: StatementCache = const { StatementCache::new() };
+    static FINISH: StatementCache = const { StatementCache::new() };
     static RETRY: StatementCache = const { StatementCache::new() };
-    static CANCEL: StatementCache = const { StatementCache::new() };
+    static LOOK_BACK: StatementCache = const { StatementCache::new() };
+    static WAIT: StatementCache = const { StatementCache::new() };
+    static INVOKE: StatementCache = const { StatementCache::new() };
     static HOLD: StatementCache = const { StatementCache::new() };
     static ATTEMPT_ERROR: StatementCache = const { StatementCache::new() };
     static STEP: StatementCache = const { StatementCache::new() };
@@ -54,27 +62,44 @@ thread_local! {
     static TASK_DONE: StatementCache = const { StatementCache::new() };
 }
 
-/// The run returned: its output, and the end of its queue entry.
-pub fn complete(run: pgrx::Uuid, output: Option<String>) {
-    exec::<bool>(
-        &COMPLETE,
-        "WITH done AS (DELETE FROM jobs.queue WHERE run_id = $1)
-         UPDATE jobs.runs SET status = 'completed', output = $2::text::jsonb, error = NULL,
-                ended_at = clock_timestamp()
-         WHERE id = $1",
-        vec![run.into(), output.into()],
-    );
-}
-
-/// The run failed for good.
-pub fn fail(run: pgrx::Uuid, failure: &Failure) {
-    exec::<bool>(
-        &FAIL,
-        "WITH done AS (DELETE FROM jobs.queue WHERE run_id = $1)
-         UPDATE jobs.runs SET status = 'failed', error = $2, ended_at = clock_timestamp()
-         WHERE id = $1",
-        vec![run.into(), failure_json(failure)],
-    );
+/// The run finished (`completed`, `failed` or `cancelled`): its queue entries
+/// and waits go, and a run that invoked it resumes. Returns whether such a
+/// parent run became due.
+pub fn finish(
+    run: pgrx::Uuid,
+    status: &str,
+    output: Option<String>,
+    failure: Option<&Failure>,
+) -> bool {
+    let resumed = exec::<bool>(
+        &FINISH,
+        "WITH done AS (DELETE FROM jobs.queue WHERE run_id = $1),
+              gone AS (DELETE FROM jobs.waits WHERE run_id = $1),
+              run AS (UPDATE jobs.runs SET status = $2, output = $3::text::jsonb, error = $4,
+                             ended_at = clock_timestamp()
+                      WHERE id = $1 RETURNING parent_run_id, parent_step_id),
+              parent AS (UPDATE jobs.steps s
+                         SET status = CASE WHEN $2 = 'completed' THEN 'completed' ELSE 'failed' END,
+                             output = $3::text::jsonb, error = $4, ended_at = clock_timestamp()
+                         FROM run WHERE s.run_id = run.parent_run_id AND s.id = run.parent_step_id
+                                    AND s.status = 'waiting'
+                         RETURNING s.run_id),
+              parent_due AS (UPDATE jobs.queue q SET due_at = now()
+                             FROM parent p WHERE q.run_id = p.run_id AND q.step_id = ''
+                             RETURNING 1)
+         SELECT EXISTS (SELECT FROM parent_due)",
+        vec![
+            run.into(),
+            status.into(),
+            output.into(),
+            failure.map_or(DatumWithOid::null::<JsonB>(), failure_json),
+        ],
+    )
+    .unwrap_or(false);
+    if resumed {
+        crate::shmem::wake_workers_at_commit(1);
+    }
+    resumed
 }
 
 /// The handler failed; the run is tried again after `delay`, as attempt `attempt + 1`.
@@ -92,16 +117,7 @@ pub fn retry(run: pgrx::Uuid, attempt: i32, failure: &Failure, delay: Duration) 
             millis(delay),
         ],
     );
-}
-
-pub fn cancel(run: pgrx::Uuid, reason: &Failure) {
-    exec::<bool>(
-        &CANCEL,
-        "WITH done AS (DELETE FROM jobs.queue WHERE run_id = $1)
-         UPDATE jobs.runs SET status = 'cancelled', error = $2, ended_at = clock_timestamp()
-         WHERE id = $1",
-        vec![run.into(), failure_json(reason)],
-    );
+    rearm_timers();
 }
 
 /// The function was paused after the run (or its parallel step) was claimed:
@@ -174,6 +190,7 @@ pub fn release(run: pgrx::Uuid, step: &str, delay: Duration) {
          WHERE run_id = $1 AND step_id = $2",
         vec![run.into(), step.into(), millis(delay)],
     );
+    rearm_timers();
 }
 
 /// The run sleeps until `until_ms` (Unix milliseconds).
@@ -186,6 +203,7 @@ pub fn sleep(run: pgrx::Uuid, until_ms: i64) {
          UPDATE jobs.runs SET status = 'sleeping' WHERE id = $1",
         vec![run.into(), until_ms.into()],
     );
+    rearm_timers();
 }
 
 /// Queues steps planned by jobs.parallel for any executor, and parks the run
@@ -233,4 +251,91 @@ pub fn task_done(run: pgrx::Uuid, step: &str) -> bool {
         vec![run.into(), step.into()],
     )
     .unwrap_or(false)
+}
+
+/// The earliest event that satisfies the wait among those sent since the run
+/// started, not taken by an earlier wait of the run: it arrived before the
+/// run reached the wait, and still counts.
+pub fn look_back(run: pgrx::Uuid, wait: &PlannedWait) -> Option<String> {
+    exec::<String>(
+        &LOOK_BACK,
+        "SELECT a.doc::text
+         FROM jobs.runs r
+         JOIN jobs.events t ON t.id = r.event_id
+         CROSS JOIN LATERAL (SELECT jsonb_build_object('id', t.id, 'name', t.name, 'data', t.data, 'ts', t.ts) AS doc) trigger
+         JOIN jobs.events e ON e.name = $2 AND e.received_at >= r.created_at AND e.duplicate_of IS NULL
+         CROSS JOIN LATERAL (SELECT jsonb_build_object('id', e.id, 'name', e.name, 'data', e.data, 'ts', e.ts) AS doc) a
+         WHERE r.id = $1
+           AND ($3::text[] IS NULL OR a.doc #> $3 = trigger.doc #> $3)
+           AND ($4::jsonpath IS NULL OR jsonb_path_match(
+                jsonb_build_object('event', trigger.doc, 'async', a.doc), $4::jsonpath, '{}', true))
+           AND NOT EXISTS (SELECT FROM jobs.steps s WHERE s.run_id = r.id AND s.kind = 'wait'
+                           AND s.output->>'id' = e.id::text)
+         ORDER BY e.received_at
+         LIMIT 1",
+        vec![run.into(), wait.event.as_str().into(), wait.match_path.clone().into(), wait.condition.as_deref().into()],
+    )
+}
+
+/// Parks the run until an event matches the wait (jobs.send finds it) or the
+/// timeout passes.
+pub fn wait(run: pgrx::Uuid, wait: &PlannedWait) {
+    exec::<bool>(
+        &WAIT,
+        "WITH trigger AS (
+            SELECT jsonb_build_object('id', t.id, 'name', t.name, 'data', t.data, 'ts', t.ts) AS doc
+            FROM jobs.runs r JOIN jobs.events t ON t.id = r.event_id WHERE r.id = $1
+         ), waiting AS (
+            INSERT INTO jobs.waits AS w (run_id, step_id, kind, event, match_path, match_value, condition, trigger, expires_at)
+            SELECT $1, $5, 'event', $2, $3, CASE WHEN $3 IS NOT NULL THEN doc #> $3 END, $4::jsonpath,
+                   CASE WHEN $4 IS NOT NULL THEN doc END, clock_timestamp() + $6 * interval '1 millisecond'
+            FROM trigger
+            ON CONFLICT (run_id, step_id) DO UPDATE SET expires_at = excluded.expires_at
+         ), path AS (
+            INSERT INTO jobs.wait_paths (event, match_path) SELECT $2, $3 WHERE $3 IS NOT NULL
+            ON CONFLICT DO NOTHING
+         ), step AS (
+            INSERT INTO jobs.steps AS s (run_id, id, name, kind, status) VALUES ($1, $5, $7, 'wait', 'waiting')
+            ON CONFLICT (run_id, id) DO UPDATE SET status = 'waiting'
+         ), later AS (
+            UPDATE jobs.queue SET claimed_by = NULL, claims = 0,
+                   due_at = clock_timestamp() + $6 * interval '1 millisecond'
+            WHERE run_id = $1 AND step_id = ''
+         )
+         UPDATE jobs.runs SET status = 'waiting' WHERE id = $1",
+        vec![
+            run.into(),
+            wait.event.as_str().into(),
+            wait.match_path.clone().into(),
+            wait.condition.as_deref().into(),
+            wait.id.as_str().into(),
+            (wait.timeout_ms as f64).into(),
+            wait.name.as_str().into(),
+        ],
+    );
+    rearm_timers();
+}
+
+/// Parks the run until the run it invoked finishes, or the timeout passes.
+pub fn invoked(run: pgrx::Uuid, invoke: &PlannedInvoke) {
+    exec::<bool>(
+        &INVOKE,
+        "WITH step AS (
+            INSERT INTO jobs.steps AS s (run_id, id, name, kind, status, attempts)
+            VALUES ($1, $2, $3, 'invoke', 'waiting', 1)
+            ON CONFLICT (run_id, id) DO UPDATE SET status = 'waiting', attempts = s.attempts + 1
+         ), later AS (
+            UPDATE jobs.queue SET claimed_by = NULL, claims = 0,
+                   due_at = coalesce(clock_timestamp() + $4 * interval '1 millisecond', 'infinity')
+            WHERE run_id = $1 AND step_id = ''
+         )
+         UPDATE jobs.runs SET status = 'waiting' WHERE id = $1",
+        vec![
+            run.into(),
+            invoke.id.as_str().into(),
+            invoke.name.as_str().into(),
+            invoke.timeout_ms.map(|ms| ms as f64).into(),
+        ],
+    );
+    rearm_timers();
 }

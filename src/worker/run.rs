@@ -12,14 +12,17 @@ use super::executor::Claimed;
 use super::invoke::{self, Failure, UserContext};
 use super::record::{self, StepUpdate};
 use super::report_activity;
+use crate::api;
 use crate::api::{prepared, StatementCache};
 use crate::backoff::Backoff;
 use crate::errors::{NON_RETRIABLE, RETRY_AFTER, STEP_FAILED};
-use crate::replay::{self, Memo, Operation, PlannedStep, Replay, StepError};
+use crate::replay::{
+    self, Memo, Operation, PlannedInvoke, PlannedStep, PlannedWait, Replay, StepError,
+};
 use crate::shmem;
 
 thread_local! {
-    static WAKE_SLEEPERS: StatementCache = const { StatementCache::new() };
+    static END_SUSPENSIONS: StatementCache = const { StatementCache::new() };
     static LOAD_RUNS: StatementCache = const { StatementCache::new() };
     static LOAD_STEPS: StatementCache = const { StatementCache::new() };
 }
@@ -30,6 +33,17 @@ pub enum Progress {
     Continue,
     /// The run finished, or waits in the queue (retry, sleep, parallel steps, pause).
     Done,
+}
+
+thread_local! {
+    /// Set when the round holds a lock senders wait for (see `wait_for_event`):
+    /// the executor commits it before advancing another run.
+    static COMMIT_NOW: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the round must commit now; asking clears it.
+pub fn must_commit_now() -> bool {
+    COMMIT_NOW.with(|c| c.replace(false))
 }
 
 /// What the executor knows about how a function's failures are retried.
@@ -94,6 +108,8 @@ pub struct LoadedRun {
     call: Option<CString>,
     handler: String,
     ctx: String,
+    /// Why the run is being cancelled, when it is.
+    cancelled: Option<String>,
     memos: HashMap<String, Memo>,
 }
 
@@ -102,16 +118,32 @@ pub struct LoadedRun {
 pub fn load(claimed: &[Claimed]) -> Vec<Option<LoadedRun>> {
     let ids: Vec<pgrx::Uuid> = claimed.iter().map(|c| c.run).collect();
     Spi::connect_mut(|client| {
-        let wake = prepared(
-            &WAKE_SLEEPERS,
+        // Whatever suspended a claimed run is over: a sleep ended, a wait or
+        // an invoke timed out (an event or a finished run would have ended
+        // the step already). Not for a run being cancelled.
+        let ended = prepared(
+            &END_SUSPENSIONS,
             client,
-            "UPDATE jobs.steps SET status = 'completed', ended_at = clock_timestamp()
-             WHERE run_id = ANY ($1) AND status = 'sleeping'",
+            "WITH timed_out AS (
+                DELETE FROM jobs.waits w
+                WHERE w.run_id = ANY ($1) AND w.kind = 'event' AND w.expires_at <= now()
+                RETURNING w.run_id, w.step_id
+             )
+             UPDATE jobs.steps s SET
+                status = CASE WHEN s.kind = 'invoke' THEN 'failed' ELSE 'completed' END,
+                error = CASE WHEN s.kind = 'invoke' THEN jsonb_build_object(
+                    'sqlstate', '57014', 'message', 'the invoked run did not finish in time') END,
+                ended_at = clock_timestamp()
+             WHERE s.run_id = ANY ($1)
+               AND (s.status = 'sleeping' OR (s.status = 'waiting' AND s.kind = 'invoke')
+                    OR (s.run_id, s.id) IN (SELECT run_id, step_id FROM timed_out))
+               AND NOT EXISTS (SELECT FROM jobs.queue q
+                               WHERE q.run_id = s.run_id AND q.step_id = '' AND q.cancelled IS NOT NULL)",
             &[UUIDARRAYOID.value()],
         );
         client
-            .update(wake, None, &[ids.clone().into()])
-            .expect("ending sleeps");
+            .update(ended, None, &[ids.clone().into()])
+            .expect("ending suspensions");
 
         let steps = prepared(
             &LOAD_STEPS,
@@ -151,9 +183,11 @@ pub fn load(claimed: &[Claimed]) -> Vec<Option<LoadedRun>> {
                     quote_ident(n.nspname) || '.' || quote_ident(p.proname),
                     p.prorettype = 'pg_catalog.void'::pg_catalog.regtype,
                     jsonb_build_object('event', ev.event, 'events', jsonb_build_array(ev.event),
-                        'run_id', r.id, 'function_id', r.function_id, 'attempt', r.attempt)::text
+                        'run_id', r.id, 'function_id', r.function_id, 'attempt', r.attempt)::text,
+                    q.cancelled::text
              FROM jobs.runs r
              JOIN jobs.events e ON e.id = r.event_id
+             LEFT JOIN jobs.queue q ON q.run_id = r.id AND q.step_id = ''
              CROSS JOIN LATERAL (SELECT jsonb_build_object(
                     'id', e.id, 'name', e.name, 'data', e.data, 'ts', e.ts) AS event) ev
              LEFT JOIN jobs.functions f ON f.id = r.function_id
@@ -190,6 +224,7 @@ pub fn load(claimed: &[Claimed]) -> Vec<Option<LoadedRun>> {
                     call: name.map(|n| invoke::handler_call(&n, returns_void == Some(true))),
                     handler: row.get(10).ok().flatten().expect("handler"),
                     ctx: row.get(13).ok().flatten().expect("ctx"),
+                    cancelled: row.get(14).ok().flatten(),
                     memos: memos.remove(&id).unwrap_or_default(),
                 },
             );
@@ -207,8 +242,24 @@ pub fn load(claimed: &[Claimed]) -> Vec<Option<LoadedRun>> {
 }
 
 pub fn advance(run: &mut LoadedRun) -> Progress {
+    if let Some(reason) = &run.cancelled {
+        let reason: serde_json::Value = serde_json::from_str(reason).unwrap_or_default();
+        let message = reason
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or("cancelled");
+        let mut failure = Failure::new("57014", message);
+        failure.detail = Some(reason.to_string());
+        finish(run, "cancelled", None, Some(&failure));
+        return Progress::Done;
+    }
     if !run.function_exists {
-        record::cancel(run.id, &Failure::new("", "function deleted"));
+        finish(
+            run,
+            "cancelled",
+            None,
+            Some(&Failure::new("57014", "function deleted")),
+        );
         return Progress::Done;
     }
     if run.paused {
@@ -219,7 +270,7 @@ pub fn advance(run: &mut LoadedRun) -> Progress {
         // The claim already counted the interrupted attempt.
         record::attempt_error(run.id, "", run.attempt - 1, &Failure::interrupted());
         if run.attempt >= run.policy.max_attempts {
-            record::fail(run.id, &Failure::interrupted());
+            finish(run, "failed", None, Some(&Failure::interrupted()));
             return Progress::Done;
         }
     }
@@ -237,7 +288,7 @@ pub fn advance(run: &mut LoadedRun) -> Progress {
     match operation {
         None => match result {
             Ok(output) => {
-                record::complete(run.id, output);
+                finish(run, "completed", output, None);
                 Progress::Done
             }
             Err(failure) => handler_failed(run, failure),
@@ -249,6 +300,104 @@ pub fn advance(run: &mut LoadedRun) -> Progress {
             shmem::wake_workers_at_commit(queued as usize);
             Progress::Done
         }
+        Some(Operation::Wait(wait)) => wait_for_event(run, &wait),
+        Some(Operation::Invoke(invoke)) => start_invoke(run, &invoke),
+    }
+}
+
+/// Records the end of the run and tells whoever listens: the
+/// `jobs/function.*` events, and a run that invoked this one.
+fn finish(run: &LoadedRun, status: &str, output: Option<String>, failure: Option<&Failure>) {
+    record::finish(run.id, status, output.clone(), failure);
+    let event = serde_json::from_str::<serde_json::Value>(&run.ctx)
+        .ok()
+        .and_then(|mut ctx| ctx.get_mut("event").map(serde_json::Value::take))
+        .unwrap_or_default();
+    let output = output.and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok());
+    let error = failure.map(Failure::to_json);
+    let mut finished = serde_json::json!({"function_id": run.function_id, "run_id": run.id.to_string(), "event": event});
+    match status {
+        "completed" => finished["output"] = output.unwrap_or_default(),
+        _ => finished["error"] = error.clone().unwrap_or_default(),
+    }
+    api::events::emit("jobs/function.finished", finished);
+    let specific = serde_json::json!({
+        "function_id": run.function_id, "run_id": run.id.to_string(), "event": event, "error": error,
+    });
+    match status {
+        "failed" => api::events::emit("jobs/function.failed", specific),
+        "cancelled" => api::events::emit("jobs/function.cancelled", specific),
+        _ => 0,
+    };
+}
+
+/// Registers the wait, unless an event sent since the run started already
+/// satisfies it. Holding the event name's lock exclusively meanwhile (senders
+/// hold it shared until they commit) makes the look-back and the registration
+/// one moment for senders: an event is either seen here or finds the wait.
+fn wait_for_event(run: &LoadedRun, wait: &PlannedWait) -> Progress {
+    if !api::events::lock_event_name(&wait.event, true) {
+        // A send of this name is in flight; try again in a moment rather than
+        // block (and block every later sender of the name behind us).
+        record::release(run.id, "", Duration::from_millis(10));
+        return Progress::Done;
+    }
+    let update = StepUpdate {
+        run: run.id,
+        id: &wait.id,
+        name: &wait.name,
+        kind: "wait",
+        status: "completed",
+        attempted: false,
+        output: None,
+        failure: None,
+        elapsed: Duration::ZERO,
+    };
+    COMMIT_NOW.with(|c| c.set(true));
+    match record::look_back(run.id, wait) {
+        Some(event) => {
+            record::step(StepUpdate {
+                output: Some(event),
+                ..update
+            });
+            Progress::Continue
+        }
+        None => {
+            record::wait(run.id, wait);
+            Progress::Done
+        }
+    }
+}
+
+fn start_invoke(run: &LoadedRun, invoke: &PlannedInvoke) -> Progress {
+    let data = serde_json::from_str(&invoke.data).unwrap_or_default();
+    match api::events::start_invoked_run(
+        &invoke.function_id,
+        data,
+        Some((run.id, invoke.id.as_str())),
+    ) {
+        Some(_) => {
+            record::invoked(run.id, invoke);
+            Progress::Done
+        }
+        None => {
+            let failure = Failure::new(
+                "42704",
+                format!("function id \"{}\" does not exist", invoke.function_id),
+            );
+            record::step(StepUpdate {
+                run: run.id,
+                id: &invoke.id,
+                name: &invoke.name,
+                kind: "invoke",
+                status: "failed",
+                attempted: true,
+                output: None,
+                failure: Some(&failure),
+                elapsed: Duration::ZERO,
+            });
+            Progress::Continue
+        }
     }
 }
 
@@ -256,7 +405,7 @@ pub fn advance(run: &mut LoadedRun) -> Progress {
 fn handler_failed(run: &LoadedRun, failure: Failure) -> Progress {
     record::attempt_error(run.id, "", run.attempt, &failure);
     if failure.sqlstate == STEP_FAILED || run.policy.is_final(run.attempt, &failure) {
-        record::fail(run.id, &failure);
+        finish(run, "failed", None, Some(&failure));
     } else {
         record::retry(
             run.id,
