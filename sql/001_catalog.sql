@@ -148,9 +148,10 @@ CREATE TABLE jobs.waits (
     kind        text NOT NULL CHECK (kind IN ('event', 'cancel')),
     event       text NOT NULL,
     -- Path in the new event (e.g. {data,paymentId}) whose value must equal
-    -- match_value, the triggering event's value at that path.
-    match_path  text[],
-    match_value jsonb,
+    -- match_value, the triggering event's value at that path; '{}' and 'true'
+    -- when any event of the name will do (so that every lookup is by index).
+    match_path  text[] NOT NULL,
+    match_value jsonb NOT NULL,
     -- A predicate over {"event": trigger, "async": new event}.
     condition   jsonpath,
     trigger     jsonb,
@@ -160,8 +161,9 @@ CREATE TABLE jobs.waits (
 );
 CREATE INDEX waits_match ON jobs.waits (event, match_path, match_value);
 
--- The match paths waited on for each event name, so that a send computes only
--- the keys somebody waits for.
+-- The match paths waited on for each event name ('{}' for no match), so that
+-- a send computes only the keys somebody waits for, and knows at once
+-- whether anybody waits for its name.
 CREATE TABLE jobs.wait_paths (
     event       text NOT NULL,
     match_path  text[] NOT NULL,

@@ -367,13 +367,14 @@ pub fn insert_event(
          )
          INSERT INTO jobs.waits (run_id, step_id, kind, event, match_path, match_value, condition, trigger, expires_at)
          SELECT r.run_id, 'cancel_on:' || (c.n - 1), 'cancel', c.spec->>'event', m.path,
-                (SELECT doc FROM event) #> m.path, (c.spec->>'condition')::jsonpath,
+                CASE WHEN cardinality(m.path) = 0 THEN 'true' ELSE (SELECT doc FROM event) #> m.path END,
+                (c.spec->>'condition')::jsonpath,
                 CASE WHEN c.spec->>'condition' IS NOT NULL THEN (SELECT doc FROM event) END,
                 clock_timestamp() + (c.spec->>'timeout_ms')::float8 * interval '1 millisecond'
          FROM unnest($7::uuid[], $10::jsonb[]) AS r (run_id, specs)
          CROSS JOIN LATERAL jsonb_array_elements(r.specs) WITH ORDINALITY AS c (spec, n)
          CROSS JOIN LATERAL (SELECT CASE WHEN jsonb_typeof(c.spec->'match_path') = 'array'
-                THEN ARRAY(SELECT jsonb_array_elements_text(c.spec->'match_path')) END AS path) m",
+                THEN ARRAY(SELECT jsonb_array_elements_text(c.spec->'match_path')) ELSE '{}' END AS path) m",
         &[
             UUIDOID.value(),
             TEXTOID.value(),
@@ -441,15 +442,9 @@ fn match_waits(client: &mut SpiClient<'_>, id: pgrx::Uuid, event: &NewEvent) -> 
             SELECT w.run_id, w.step_id, w.kind
             FROM jobs.wait_paths p
             JOIN jobs.waits w ON w.event = p.event AND w.match_path = p.match_path
-                             AND w.match_value = ((SELECT e FROM doc) #> p.match_path)
+                             AND w.match_value = CASE WHEN cardinality(p.match_path) = 0 THEN 'true'
+                                                      ELSE (SELECT e FROM doc) #> p.match_path END
             WHERE p.event = $2
-              AND (w.condition IS NULL OR jsonb_path_match(
-                    jsonb_build_object('event', w.trigger, 'async', (SELECT e FROM doc)), w.condition, '{}', true))
-              AND (w.expires_at IS NULL OR w.expires_at > now())
-            UNION ALL
-            SELECT w.run_id, w.step_id, w.kind
-            FROM jobs.waits w
-            WHERE w.event = $2 AND w.match_path IS NULL
               AND (w.condition IS NULL OR jsonb_path_match(
                     jsonb_build_object('event', w.trigger, 'async', (SELECT e FROM doc)), w.condition, '{}', true))
               AND (w.expires_at IS NULL OR w.expires_at > now())
@@ -527,7 +522,7 @@ pub fn emit(name: &str, data: serde_json::Value) -> usize {
             &LISTENED,
             client,
             "SELECT EXISTS (SELECT FROM jobs.triggers WHERE event = ANY ($1) AND (wildcard OR event = $2))
-                 OR EXISTS (SELECT FROM jobs.waits WHERE event = $2)",
+                 OR EXISTS (SELECT FROM jobs.wait_paths WHERE event = $2)",
             &[TEXTARRAYOID.value(), TEXTOID.value()],
         );
         let mut keys = event_name::wildcard_prefixes(name);

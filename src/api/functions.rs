@@ -188,7 +188,7 @@ fn store_function(
     let cancel_paths: Vec<(String, Vec<String>)> = parsed
         .cancel_on
         .iter()
-        .filter_map(|c| c.match_path.clone().map(|path| (c.event.clone(), path)))
+        .map(|c| (c.event.clone(), c.match_path.clone().unwrap_or_default()))
         .collect();
     Spi::run_with_args(
         "WITH defined AS (

@@ -20,6 +20,10 @@ use crate::shmem::shared;
 const COMMIT_AFTER: Duration = Duration::from_millis(20);
 /// Shortest wait when work is due but was locked by another executor.
 const MIN_WAIT: Duration = Duration::from_millis(5);
+/// How often cached plans are thrown away. Plans made while the tables were
+/// small (a fresh install) scan them whole; PostgreSQL replans only when
+/// statistics change, which autovacuum may not do for a long while.
+const REPLAN_EVERY: Duration = Duration::from_secs(2);
 
 thread_local! {
     static CLAIM: StatementCache = const { StatementCache::new() };
@@ -58,8 +62,13 @@ pub extern "C-unwind" fn pg_jobs_executor_main(arg: pg_sys::Datum) {
     // batches grow only while the queue is deep and the work is quick, and go
     // back to one at the first slow round.
     let mut batch = 1;
+    let mut planned_at = Instant::now();
     loop {
         handle_interrupts();
+        if planned_at.elapsed() >= REPLAN_EVERY {
+            unsafe { pg_sys::ResetPlanCache() };
+            planned_at = Instant::now();
+        }
         // Idle before looking: a commit after this point sees it and wakes it.
         slot.set_idle(true);
         report_activity(pg_sys::BackendState::STATE_IDLE, "waiting for work");

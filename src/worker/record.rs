@@ -266,14 +266,19 @@ pub fn look_back(run: pgrx::Uuid, wait: &PlannedWait) -> Option<String> {
          JOIN jobs.events e ON e.name = $2 AND e.received_at >= r.created_at AND e.duplicate_of IS NULL
          CROSS JOIN LATERAL (SELECT jsonb_build_object('id', e.id, 'name', e.name, 'data', e.data, 'ts', e.ts) AS doc) a
          WHERE r.id = $1
-           AND ($3::text[] IS NULL OR a.doc #> $3 = trigger.doc #> $3)
+           AND (cardinality($3::text[]) = 0 OR a.doc #> $3 = trigger.doc #> $3)
            AND ($4::jsonpath IS NULL OR jsonb_path_match(
                 jsonb_build_object('event', trigger.doc, 'async', a.doc), $4::jsonpath, '{}', true))
            AND NOT EXISTS (SELECT FROM jobs.steps s WHERE s.run_id = r.id AND s.kind = 'wait'
                            AND s.output->>'id' = e.id::text)
          ORDER BY e.received_at
          LIMIT 1",
-        vec![run.into(), wait.event.as_str().into(), wait.match_path.clone().into(), wait.condition.as_deref().into()],
+        vec![
+            run.into(),
+            wait.event.as_str().into(),
+            wait.match_path.clone().unwrap_or_default().into(),
+            wait.condition.as_deref().into(),
+        ],
     )
 }
 
@@ -287,12 +292,12 @@ pub fn wait(run: pgrx::Uuid, wait: &PlannedWait) {
             FROM jobs.runs r JOIN jobs.events t ON t.id = r.event_id WHERE r.id = $1
          ), waiting AS (
             INSERT INTO jobs.waits AS w (run_id, step_id, kind, event, match_path, match_value, condition, trigger, expires_at)
-            SELECT $1, $5, 'event', $2, $3, CASE WHEN $3 IS NOT NULL THEN doc #> $3 END, $4::jsonpath,
+            SELECT $1, $5, 'event', $2, $3, CASE WHEN cardinality($3) = 0 THEN 'true' ELSE doc #> $3 END, $4::jsonpath,
                    CASE WHEN $4 IS NOT NULL THEN doc END, clock_timestamp() + $6 * interval '1 millisecond'
             FROM trigger
             ON CONFLICT (run_id, step_id) DO UPDATE SET expires_at = excluded.expires_at
          ), path AS (
-            INSERT INTO jobs.wait_paths (event, match_path) SELECT $2, $3 WHERE $3 IS NOT NULL
+            INSERT INTO jobs.wait_paths (event, match_path) VALUES ($2, $3)
             ON CONFLICT DO NOTHING
          ), step AS (
             INSERT INTO jobs.steps AS s (run_id, id, name, kind, status) VALUES ($1, $5, $7, 'wait', 'waiting')
@@ -306,7 +311,7 @@ pub fn wait(run: pgrx::Uuid, wait: &PlannedWait) {
         vec![
             run.into(),
             wait.event.as_str().into(),
-            wait.match_path.clone().into(),
+            wait.match_path.clone().unwrap_or_default().into(),
             wait.condition.as_deref().into(),
             wait.id.as_str().into(),
             (wait.timeout_ms as f64).into(),
