@@ -170,5 +170,34 @@ CREATE TABLE jobs.wait_paths (
     PRIMARY KEY (event, match_path)
 );
 
+-- Cron schedules of functions (config key "cron"); the launcher fires them.
+CREATE TABLE jobs.cron_schedules (
+    function_id   text NOT NULL REFERENCES jobs.functions (id) ON DELETE CASCADE,
+    -- As written, TZ= prefix included.
+    expression    text NOT NULL,
+    -- The zone the expression is read in.
+    timezone      text NOT NULL,
+    next_fire_at  timestamptz NOT NULL,
+    last_fired_at timestamptz,
+    last_run_id   uuid,
+    PRIMARY KEY (function_id, expression)
+);
+CREATE INDEX cron_schedules_next_fire_at ON jobs.cron_schedules (next_fire_at);
+
+-- The instants each function was started for: one run per instant, whatever
+-- happens (crash, restart, two expressions falling on the same instant).
+CREATE TABLE jobs.cron_fires (
+    function_id  text NOT NULL,
+    scheduled_at timestamptz NOT NULL,
+    run_id       uuid,
+    PRIMARY KEY (function_id, scheduled_at)
+);
+
+-- What will run when.
+CREATE VIEW jobs.schedules WITH (security_invoker = true) AS
+SELECT function_id, expression, timezone, next_fire_at, last_fired_at, last_run_id
+FROM jobs.cron_schedules;
+
 SELECT pg_catalog.pg_extension_config_dump('jobs.functions', '');
 SELECT pg_catalog.pg_extension_config_dump('jobs.triggers', '');
+SELECT pg_catalog.pg_extension_config_dump('jobs.cron_schedules', '');

@@ -34,6 +34,10 @@ ALTER TABLE jobs.attempt_errors ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner_only ON jobs.attempt_errors USING (EXISTS (
     SELECT 1 FROM jobs.runs r WHERE r.id = run_id));
 
+ALTER TABLE jobs.cron_schedules ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.cron_schedules USING (EXISTS (
+    SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+
 ALTER TABLE jobs.triggers ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner_only ON jobs.triggers USING (EXISTS (
     SELECT 1 FROM jobs.functions f WHERE f.id = function_id));

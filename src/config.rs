@@ -7,12 +7,13 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::backoff::Backoff;
-use crate::{duration, event_name, expr};
+use crate::{cron, duration, event_name, expr};
 
 pub const DEFAULT_RETRIES: u32 = 4;
 pub const MAX_RETRIES: u32 = 20;
 pub const MAX_TRIGGERS: usize = 10;
 pub const MAX_CANCEL_ON: usize = 5;
+pub const MAX_CRONS: usize = 10;
 const DEFAULT_EXPONENTIAL_MAX: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +27,8 @@ pub struct FunctionConfig {
     pub cancel_on: Vec<CancelOn>,
     /// The handler signature given as `on_failure`, resolved by the caller.
     pub on_failure: Option<String>,
+    /// Cron schedules, in their time zones.
+    pub crons: Vec<cron::Cron>,
 }
 
 /// An event that cancels a run (Inngest's `cancelOn`).
@@ -107,6 +110,8 @@ const KEYS: &[(&str, Option<&str>)] = &[
 
 const SUPPORTED: &[&str] = &[
     "event",
+    "cron",
+    "timezone",
     "if",
     "retries",
     "max_runtime",
@@ -204,6 +209,7 @@ pub fn parse(config: &Value) -> Result<FunctionConfig, ConfigError> {
             Some(limit)
         }
     };
+    let crons = parse_crons(object.get("cron"), object.get("timezone"))?;
     let cancel_on = match object.get("cancel_on") {
         None => Vec::new(),
         Some(value) => parse_cancel_on(value)?,
@@ -227,7 +233,67 @@ pub fn parse(config: &Value) -> Result<FunctionConfig, ConfigError> {
         max_runtime,
         cancel_on,
         on_failure,
+        crons,
     })
+}
+
+fn parse_crons(
+    value: Option<&Value>,
+    timezone: Option<&Value>,
+) -> Result<Vec<cron::Cron>, ConfigError> {
+    let zone = match (timezone, value) {
+        (None, _) => chrono_tz::Tz::UTC,
+        (Some(zone), None) => {
+            return Err(invalid(
+                "timezone",
+                zone,
+                "applies to cron schedules, and there is no \"cron\"",
+            ))
+        }
+        (Some(zone @ Value::String(name)), Some(_)) => {
+            cron::parse_zone(name).map_err(|e| invalid("timezone", zone, e.0))?
+        }
+        (Some(other), Some(_)) => {
+            return Err(invalid(
+                "timezone",
+                other,
+                "must be a time zone name such as \"Asia/Tokyo\"",
+            ))
+        }
+    };
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
+    let expressions: Vec<&Value> = match value {
+        Value::String(_) => vec![value],
+        Value::Array(items) if !items.is_empty() && items.len() <= MAX_CRONS => {
+            items.iter().collect()
+        }
+        _ => {
+            return Err(invalid(
+                "cron",
+                value,
+                format!(
+                "must be a cron expression such as \"0 9 * * *\" or an array of 1 to {MAX_CRONS}"
+            ),
+            ))
+        }
+    };
+    let mut crons: Vec<cron::Cron> = Vec::new();
+    for expression in expressions {
+        let Value::String(text) = expression else {
+            return Err(invalid(
+                "cron",
+                expression,
+                "must be a cron expression (a string)",
+            ));
+        };
+        let parsed = cron::parse(text, zone).map_err(|e| invalid("cron", expression, e.0))?;
+        if !crons.iter().any(|c| c.expression == parsed.expression) {
+            crons.push(parsed);
+        }
+    }
+    Ok(crons)
 }
 
 fn parse_cancel_on(value: &Value) -> Result<Vec<CancelOn>, ConfigError> {
@@ -630,14 +696,48 @@ mod tests {
     }
 
     #[test]
+    fn cron_and_timezone() {
+        let c =
+            parse(&json!({"cron": ["0 9 * * *", "0 17 * * *"], "timezone": "Asia/Tokyo"})).unwrap();
+        assert_eq!(c.crons.len(), 2);
+        assert_eq!(c.crons[0].zone, chrono_tz::Tz::Asia__Tokyo);
+        assert_eq!(
+            parse(&json!({"cron": "TZ=Europe/Berlin @daily"}))
+                .unwrap()
+                .crons[0]
+                .zone,
+            chrono_tz::Tz::Europe__Berlin
+        );
+        let e = err(json!({"cron": "0 25 * * *"}));
+        assert_eq!(
+            (e.key.as_str(), e.value.as_str()),
+            ("cron", "\"0 25 * * *\"")
+        );
+        assert!(e.message.contains("hour 25 is out of range"), "{e}");
+        assert_eq!(
+            err(json!({"cron": ["0 9 * * *", "61 * * * *"]})).value,
+            "\"61 * * * *\""
+        );
+        assert_eq!(
+            err(json!({"cron": "0 9 * * *", "timezone": "Mars/Base"})).key,
+            "timezone"
+        );
+        assert!(err(json!({"timezone": "Asia/Tokyo"}))
+            .message
+            .contains("no \"cron\""));
+        assert_eq!(err(json!({"cron": []})).key, "cron");
+        assert_eq!(err(json!({"cron": 5})).key, "cron");
+    }
+
+    #[test]
     fn later_features_are_refused_not_ignored() {
         for key in [
-            "cron",
             "concurrency",
             "batchEvents",
             "debounce",
             "throttle",
             "timeouts",
+            "priority",
         ] {
             let e = err(json!({ key: 1 }));
             assert_eq!(e.kind, ErrorKind::NotSupportedYet, "{key}");

@@ -310,9 +310,9 @@ mod tests {
             &["\"event\"", "app/user*"],
         );
         expect_error(
-            "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"cron\": \"0 9 * * *\"}')",
+            "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"debounce\": {\"period\": \"5s\"}}')",
             "0A000",
-            &["\"cron\"", "not supported yet"],
+            &["\"debounce\"", "not supported yet"],
         );
         expect_error(
             "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"concurrency\": 5}')",
@@ -547,5 +547,65 @@ mod tests {
         );
         Spi::run("SELECT jobs.create_function('g-failure', 'handler(jsonb)')").unwrap();
         expect_error("SELECT jobs.create_function('g', 'handler(jsonb)', '{\"on_failure\": \"handler(jsonb)\"}')", "42710", &["g-failure"]);
+    }
+
+    #[pg_test]
+    fn schedules_follow_the_definition() {
+        setup_handler();
+        Spi::run(
+            "SELECT jobs.create_function('tokyo', 'handler(jsonb)', '{\"cron\": [\"0 9 * * *\", \"TZ=Europe/Berlin 30 2 * * *\"], \"timezone\": \"Asia/Tokyo\"}')",
+        )
+        .unwrap();
+        assert_eq!(
+            count("SELECT count(*) FROM jobs.schedules WHERE function_id = 'tokyo' AND next_fire_at > now() AND next_fire_at <= now() + interval '1 day'"),
+            2
+        );
+        // 09:00 in Tokyo is 00:00 UTC.
+        assert_eq!(
+            count("SELECT count(*) FROM jobs.schedules WHERE expression = '0 9 * * *' AND timezone = 'Asia/Tokyo'
+                   AND extract(hour FROM next_fire_at AT TIME ZONE 'UTC') = 0 AND extract(minute FROM next_fire_at) = 0"),
+            1
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM jobs.schedules WHERE timezone = 'Europe/Berlin'"),
+            1
+        );
+        Spi::run("UPDATE jobs.cron_schedules SET next_fire_at = '2099-01-01' WHERE expression = '0 9 * * *'").unwrap();
+        Spi::run("SELECT jobs.create_function('tokyo', 'handler(jsonb)', '{\"cron\": [\"0 9 * * *\", \"@hourly\"], \"timezone\": \"Asia/Tokyo\"}')").unwrap();
+        assert_eq!(
+            count("SELECT count(*) FROM jobs.schedules WHERE function_id = 'tokyo' AND (expression = '0 9 * * *' AND next_fire_at = '2099-01-01' OR expression = '@hourly')"),
+            2,
+            "an unchanged expression keeps its next fire time; a removed one goes"
+        );
+        Spi::run("SELECT jobs.delete_function('tokyo')").unwrap();
+        assert_eq!(count("SELECT count(*) FROM jobs.schedules"), 0);
+    }
+
+    #[pg_test]
+    fn bad_schedules_are_refused_and_change_nothing() {
+        setup_handler();
+        expect_error(
+            "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"cron\": \"0 25 * * *\"}')",
+            "22023",
+            &["\"cron\"", "0 25 * * *", "hour 25"],
+        );
+        expect_error("SELECT jobs.create_function('f', 'handler(jsonb)', '{\"cron\": \"0 9 * * *\", \"timezone\": \"Asia/Tokio\"}')", "22023", &["timezone", "Asia/Tokio"]);
+        expect_error("SELECT jobs.create_function('f', 'handler(jsonb)', '{\"cron\": \"TZ=Nowhere 0 9 * * *\"}')", "22023", &["Nowhere"]);
+        expect_error(
+            "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"cron\": \"@fortnightly\"}')",
+            "22023",
+            &["@fortnightly", "descriptor"],
+        );
+        expect_error(
+            "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"cron\": \"0 0 31 2 *\"}')",
+            "22023",
+            &["0 0 31 2 *", "never fires"],
+        );
+        expect_error(
+            "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"timezone\": \"UTC\"}')",
+            "22023",
+            &["timezone", "cron"],
+        );
+        assert_eq!(count("SELECT count(*) FROM jobs.schedules"), 0);
     }
 }

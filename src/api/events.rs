@@ -124,9 +124,6 @@ fn check_batch_element(index: usize, item: Value) -> NewEvent {
     )
 }
 
-/// Microseconds from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
-const POSTGRES_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
-
 /// An Inngest `ts`: milliseconds since 1970, or an ISO 8601 / RFC 3339 string.
 fn parse_ts(field: &str, value: &Value) -> TimestampWithTimeZone {
     let unix_micros = match value {
@@ -136,13 +133,13 @@ fn parse_ts(field: &str, value: &Value) -> TimestampWithTimeZone {
             .map(|t| t.timestamp_micros()),
         _ => None,
     };
-    let Some(unix_micros) = unix_micros else {
+    let Some(time) = unix_micros.and_then(chrono::DateTime::from_timestamp_micros) else {
         invalid(format!(
             "{field} = {value} is not a timestamp: use milliseconds since 1970 or an ISO 8601 string such as \"2026-01-31T09:00:00Z\""
         ))
     };
-    TimestampWithTimeZone::try_from(unix_micros - POSTGRES_EPOCH_UNIX_MICROS)
-        .unwrap_or_else(|_| invalid(format!("{field} = {value} is out of range")))
+    crate::pgtime::to_pg(time)
+        .unwrap_or_else(|| invalid(format!("{field} = {value} is out of range")))
 }
 
 fn check_event(
@@ -545,11 +542,13 @@ pub fn emit(name: &str, data: serde_json::Value) -> usize {
     .len()
 }
 
-/// Starts a run of `function_id` with `data`, whatever its triggers (the event
-/// is `jobs/function.invoked`); `parent` is the run and step waiting for it.
-/// Returns the run id, or `None` when there is no such function.
-pub fn start_invoked_run(
+/// Starts a run of `function_id` for an event of pg_jobs' own (`name`,
+/// `data`), whatever its triggers: `jobs/function.invoked`, `jobs/scheduled.timer`.
+/// `parent` is the run and step waiting for it. Returns the run id, or `None`
+/// when there is no such function.
+pub fn start_run(
     function_id: &str,
+    name: &str,
     data: serde_json::Value,
     parent: Option<(pgrx::Uuid, &str)>,
 ) -> Option<pgrx::Uuid> {
@@ -562,7 +561,7 @@ pub fn start_invoked_run(
         return None;
     };
     let event = NewEvent {
-        name: "jobs/function.invoked".into(),
+        name: name.to_string(),
         data: JsonB(data).into_datum().expect("jsonb is never null here"),
         dedup_id: None,
         ts: None,

@@ -4,7 +4,7 @@
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 
-use super::events::start_invoked_run;
+use super::events::start_run;
 use super::types::RegProcedure;
 use super::{as_catalog_owner, current_role};
 use crate::config::{self, FunctionConfig};
@@ -223,6 +223,7 @@ fn store_function(
         ],
     )
     .unwrap_or_else(|e| panic!("storing function {id}: {e}"));
+    store_schedules(id, &parsed.crons);
     for (event, path) in cancel_paths {
         Spi::run_with_args(
             "INSERT INTO jobs.wait_paths (event, match_path) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -230,6 +231,33 @@ fn store_function(
         )
         .unwrap_or_else(|e| panic!("storing cancel_on of {id}: {e}"));
     }
+}
+
+/// Keeps the function's schedules in step with its config: an unchanged
+/// expression keeps its next fire time, a new one fires from now on.
+fn store_schedules(id: &str, crons: &[crate::cron::Cron]) {
+    let now = crate::pgtime::now();
+    let expressions: Vec<&str> = crons.iter().map(|c| c.expression.as_str()).collect();
+    let zones: Vec<&str> = crons.iter().map(|c| c.zone.name()).collect();
+    let next: Vec<Option<TimestampWithTimeZone>> = crons
+        .iter()
+        .map(|c| c.next_after(now).and_then(crate::pgtime::to_pg))
+        .collect();
+    Spi::run_with_args(
+        "WITH gone AS (
+            DELETE FROM jobs.cron_schedules s
+            WHERE s.function_id = $1 AND s.expression <> ALL ($2::text[])
+         )
+         INSERT INTO jobs.cron_schedules (function_id, expression, timezone, next_fire_at)
+         SELECT $1, e, z, n FROM unnest($2::text[], $3::text[], $4::timestamptz[]) AS t (e, z, n)
+         WHERE n IS NOT NULL
+         ON CONFLICT (function_id, expression) DO UPDATE SET
+             timezone = excluded.timezone, next_fire_at = excluded.next_fire_at,
+             last_fired_at = NULL, last_run_id = NULL
+         WHERE jobs.cron_schedules.timezone <> excluded.timezone",
+        &[id.into(), expressions.into(), zones.into(), next.into()],
+    )
+    .unwrap_or_else(|e| panic!("storing the schedules of {id}: {e}"));
 }
 
 /// The function made for `id`'s on_failure goes with it (its history stays).
@@ -302,7 +330,7 @@ fn invoke_function(id: Option<&str>, data: default!(Option<JsonB>, "'{}'")) -> p
         Some(object @ serde_json::Value::Object(_)) => object,
         Some(_) | None => invalid(format!("data for function \"{id}\" must be a JSON object")),
     };
-    as_catalog_owner(|_| start_invoked_run(id, data, None))
+    as_catalog_owner(|_| start_run(id, "jobs/function.invoked", data, None))
         .unwrap_or_else(|| errors::unknown_function(id))
 }
 

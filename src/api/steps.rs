@@ -160,8 +160,7 @@ fn sleep_until_millis(id: Option<&str>, function: &str, until_ms: impl FnOnce() 
 }
 
 fn unix_millis(ts: TimestampWithTimeZone) -> i64 {
-    const POSTGRES_EPOCH_UNIX_MILLIS: i64 = 946_684_800_000;
-    pg_sys::TimestampTz::from(ts) / 1000 + POSTGRES_EPOCH_UNIX_MILLIS
+    crate::pgtime::from_pg(ts).map_or(i64::MAX, |t| t.timestamp_millis())
 }
 
 #[pg_extern(volatile, parallel_unsafe)]

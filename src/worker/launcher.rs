@@ -13,6 +13,7 @@ use pgrx::prelude::*;
 use super::{attach_signal_handlers, handle_interrupts, in_transaction, wait};
 use crate::gucs::{self, MAX_WORKERS};
 use crate::shmem::shared;
+use crate::{api, cron, pgtime};
 
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -87,6 +88,114 @@ fn release_all_claims() -> i64 {
 fn housekeeping() {
     Spi::run("DELETE FROM jobs.dedup_ids WHERE seen_at < now() - interval '24 hours'")
         .expect("expiring dedup ids");
+    // A fired instant is never due again; the record only has to outlive the
+    // moment two expressions of one function could both fire it.
+    Spi::run("DELETE FROM jobs.cron_fires WHERE scheduled_at < now() - interval '1 day'")
+        .expect("forgetting cron fires");
+}
+
+/// Starts the runs of the schedules that are due. An instant fires at most
+/// once per function (jobs.cron_fires), and the next fire time moves on in
+/// the same transaction, so a crash can neither lose nor double a run. After
+/// downtime, a schedule runs once, for the latest instant it missed.
+fn fire_due_schedules() {
+    let due: Vec<(String, String, String, TimestampWithTimeZone, bool)> =
+        Spi::connect_mut(|client| {
+            client
+                .update(
+                    "SELECT s.function_id, s.expression, s.timezone, s.next_fire_at, f.paused
+                 FROM jobs.cron_schedules s JOIN jobs.functions f ON f.id = s.function_id
+                 WHERE s.next_fire_at <= clock_timestamp()
+                 ORDER BY s.next_fire_at LIMIT 100
+                 FOR UPDATE OF s",
+                    None,
+                    &[],
+                )
+                .expect("finding due schedules")
+                .map(|row| {
+                    (
+                        row.get(1).ok().flatten().expect("function_id"),
+                        row.get(2).ok().flatten().expect("expression"),
+                        row.get(3).ok().flatten().expect("timezone"),
+                        row.get(4).ok().flatten().expect("next_fire_at"),
+                        row.get(5).ok().flatten().expect("paused"),
+                    )
+                })
+                .collect()
+        });
+    for (function_id, expression, timezone, due_at, paused) in due {
+        let schedule = cron::parse_zone(&timezone).and_then(|zone| cron::parse(&expression, zone));
+        let (Ok(schedule), Some(due_at)) = (schedule, pgtime::from_pg(due_at)) else {
+            warning!("pg_jobs: the schedule \"{expression}\" of {function_id} cannot be read any more; it is skipped");
+            continue;
+        };
+        let now = pgtime::now();
+        let instant = schedule.last_between(due_at - chrono::Duration::microseconds(1), now);
+        let next = schedule.next_after(now).and_then(pgtime::to_pg);
+        let run = match instant {
+            Some(at) if !paused => {
+                if at > due_at {
+                    log!("pg_jobs: the schedule \"{expression}\" of {function_id} missed instants from {due_at} on; it runs once, for {at}");
+                }
+                fire(&function_id, &expression, at)
+            }
+            _ => None,
+        };
+        Spi::run_with_args(
+            "UPDATE jobs.cron_schedules
+             SET next_fire_at = coalesce($3, 'infinity'),
+                 last_fired_at = CASE WHEN $5::uuid IS NOT NULL THEN $4 ELSE last_fired_at END,
+                 last_run_id = coalesce($5, last_run_id)
+             WHERE function_id = $1 AND expression = $2",
+            &[
+                function_id.as_str().into(),
+                expression.as_str().into(),
+                next.into(),
+                instant.and_then(pgtime::to_pg).into(),
+                run.into(),
+            ],
+        )
+        .expect("moving a schedule on");
+    }
+}
+
+/// Starts the run for one scheduled instant, unless the function already has one for it.
+fn fire(
+    function_id: &str,
+    expression: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Option<pgrx::Uuid> {
+    let first = Spi::get_one_with_args::<bool>(
+        "WITH fired AS (
+            INSERT INTO jobs.cron_fires (function_id, scheduled_at) VALUES ($1, $2)
+            ON CONFLICT DO NOTHING RETURNING 1)
+         SELECT EXISTS (SELECT FROM fired)",
+        &[function_id.into(), pgtime::to_pg(at).into()],
+    )
+    .expect("recording a cron fire");
+    if first != Some(true) {
+        return None;
+    }
+    let data = serde_json::json!({
+        "cron": expression,
+        "scheduled_at": at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+    });
+    let run = api::events::start_run(function_id, "jobs/scheduled.timer", data, None)?;
+    Spi::run_with_args(
+        "UPDATE jobs.cron_fires SET run_id = $3 WHERE function_id = $1 AND scheduled_at = $2",
+        &[function_id.into(), pgtime::to_pg(at).into(), run.into()],
+    )
+    .expect("recording a cron run");
+    Some(run)
+}
+
+/// How long until the next schedule is due.
+fn next_schedule_in() -> Option<Duration> {
+    Spi::get_one::<i64>(
+        "SELECT (extract(epoch FROM min(next_fire_at) - clock_timestamp()) * 1000)::int8 FROM jobs.cron_schedules",
+    )
+    .expect("finding the next schedule")
+    .map(|ms| Duration::from_millis(ms.max(0) as u64))
 }
 
 fn start_executor(slot: usize) -> Option<DynamicBackgroundWorker> {
@@ -112,6 +221,10 @@ pub extern "C-unwind" fn pg_jobs_launcher_main(_arg: pg_sys::Datum) {
     attach_signal_handlers();
     let database = gucs::database();
     pgrx::bgworkers::BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    // Its statements must not resolve names through anything a user could create.
+    in_transaction(|| {
+        Spi::run("SET search_path = pg_catalog, pg_temp").expect("setting search_path")
+    });
 
     let mut executors: Vec<Option<DynamicBackgroundWorker>> =
         (0..MAX_WORKERS).map(|_| None).collect();
@@ -133,18 +246,23 @@ pub extern "C-unwind" fn pg_jobs_launcher_main(_arg: pg_sys::Datum) {
             }
             running = false;
         }
+        let poll = Duration::from_millis(gucs::POLL_INTERVAL_MS.get().max(100) as u64);
+        let mut timeout = poll;
         if running {
             supervise(&mut executors);
             if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
                 in_transaction(housekeeping);
                 last_housekeeping = Instant::now();
             }
+            in_transaction(fire_due_schedules);
+            if let Some(next) = in_transaction(next_schedule_in) {
+                timeout = next.clamp(Duration::from_millis(1), poll);
+            }
         }
-        // Executors starting or stopping set this latch (bgw_notify_pid), so
-        // the timeout only bounds how soon a CREATE EXTENSION is noticed.
-        wait(Duration::from_millis(
-            gucs::POLL_INTERVAL_MS.get().max(100) as u64
-        ));
+        // Executors starting or stopping set this latch (bgw_notify_pid); the
+        // timeout is the next schedule, or bounds how soon a CREATE EXTENSION
+        // or a new schedule is noticed.
+        wait(timeout);
     }
 }
 

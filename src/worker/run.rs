@@ -371,8 +371,9 @@ fn wait_for_event(run: &LoadedRun, wait: &PlannedWait) -> Progress {
 
 fn start_invoke(run: &LoadedRun, invoke: &PlannedInvoke) -> Progress {
     let data = serde_json::from_str(&invoke.data).unwrap_or_default();
-    match api::events::start_invoked_run(
+    match api::events::start_run(
         &invoke.function_id,
+        "jobs/function.invoked",
         data,
         Some((run.id, invoke.id.as_str())),
     ) {
