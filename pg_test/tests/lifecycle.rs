@@ -54,34 +54,56 @@ fn cluster() -> (&'static Cluster, MutexGuard<'static, ()>) {
     (cluster, turn)
 }
 
-/// Defines a gated function, sends its event and waits until an executor runs it; returns that executor's pid.
-fn start_gated_run(cluster: &Cluster, function_id: &str) -> i32 {
+/// Defines `function_id` with `handler`, sends its event and waits until
+/// `at_gate` (a query; `$1` is the function id) finds the executor holding the
+/// run at its gate; returns that executor's pid.
+fn start_at_gate(cluster: &Cluster, function_id: &str, handler: &str, at_gate: &str) -> i32 {
     let mut c = cluster.connect();
     c.execute("INSERT INTO gate VALUES ($1, false)", &[&function_id])
         .unwrap();
     c.execute(
-        "SELECT jobs.create_function($1, 'gated(jsonb)', jsonb_build_object('event', 'test/' || $1, 'retries', 3))",
-        &[&function_id],
+        "SELECT jobs.create_function($1, $2::text::regprocedure, jsonb_build_object('event', 'test/' || $1, 'retries', 3))",
+        &[&function_id, &handler],
     )
     .unwrap();
     c.execute("SELECT jobs.send('test/' || $1::text)", &[&function_id])
         .unwrap();
     let mut pid = 0;
     wait_until(
-        "an executor runs the gated function",
+        "an executor holds the run at its gate",
         Duration::from_secs(30),
         || {
-            let rows = c
-            .query(
-                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_jobs executor' AND query LIKE '%of ' || $1",
-                &[&function_id],
-            )
-            .unwrap();
-            pid = rows.first().map_or(0, |row| row.get(0));
+            pid = c
+                .query(at_gate, &[&function_id])
+                .unwrap()
+                .first()
+                .map_or(0, |row| row.get(0));
             pid != 0
         },
     );
     pid
+}
+
+fn start_gated_run(cluster: &Cluster, function_id: &str) -> i32 {
+    start_at_gate(
+        cluster,
+        function_id,
+        "gated(jsonb)",
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_jobs executor' AND query LIKE '%of ' || $1",
+    )
+}
+
+/// Starts a run of `gated_steps` and waits until an executor is at `activity`
+/// (a LIKE pattern, after the function id) with the first step committed (the
+/// first invocation, which stops at that step, would look the same).
+fn start_gated_steps(cluster: &Cluster, function_id: &str, activity: &str) -> i32 {
+    let at_gate = format!(
+        "SELECT a.pid FROM pg_stat_activity a
+         WHERE a.backend_type = 'pg_jobs executor' AND a.query LIKE '%of ' || $1 || '{activity}'
+           AND EXISTS (SELECT FROM jobs.steps s JOIN jobs.runs r ON r.id = s.run_id
+                       WHERE r.function_id = $1 AND s.id = 'first' AND s.status = 'completed')"
+    );
+    start_at_gate(cluster, function_id, "gated_steps(jsonb)", &at_gate)
 }
 
 /// Opens the gate and checks the run completed on its second attempt with exactly one effect.
@@ -187,41 +209,6 @@ fn settings_reload_on_sighup() {
     cluster.wait_for_executors(2);
 }
 
-/// Starts a run of `gated_steps` and waits until an executor is at `activity` (a LIKE pattern).
-fn start_gated_steps(cluster: &Cluster, function_id: &str, activity: &str) -> i32 {
-    let mut c = cluster.connect();
-    c.execute("INSERT INTO gate VALUES ($1, false)", &[&function_id])
-        .unwrap();
-    c.execute(
-        "SELECT jobs.create_function($1, 'gated_steps(jsonb)', jsonb_build_object('event', 'test/' || $1, 'retries', 3))",
-        &[&function_id],
-    )
-    .unwrap();
-    c.execute("SELECT jobs.send('test/' || $1::text)", &[&function_id])
-        .unwrap();
-    let mut pid = 0;
-    wait_until(
-        "an executor reaches the gate",
-        Duration::from_secs(30),
-        || {
-            // The executor runs the pattern, and the first step has committed
-            // (the first invocation, which stops at it, looks the same).
-            let rows = c
-                .query(
-                    "SELECT a.pid FROM pg_stat_activity a
-                     WHERE a.backend_type = 'pg_jobs executor' AND a.query LIKE $1
-                       AND EXISTS (SELECT FROM jobs.steps s JOIN jobs.runs r ON r.id = s.run_id
-                                   WHERE r.function_id = $2 AND s.id = 'first' AND s.status = 'completed')",
-                    &[&activity, &function_id],
-                )
-                .unwrap();
-            pid = rows.first().map_or(0, |row| row.get(0));
-            pid != 0
-        },
-    );
-    pid
-}
-
 fn check_steps_ran_once(cluster: &Cluster, function_id: &str) {
     let mut c = cluster.connect();
     c.execute(
@@ -258,7 +245,7 @@ fn check_steps_ran_once(cluster: &Cluster, function_id: &str) {
 #[test]
 fn sigkill_while_a_step_runs_reruns_only_that_step() {
     let (cluster, _turn) = cluster();
-    let pid = start_gated_steps(cluster, "kill-in-step", "%of kill-in-step: step second");
+    let pid = start_gated_steps(cluster, "kill-in-step", ": step second");
     let before = cluster.executor_pids(&mut cluster.connect());
     kill_9(pid);
     cluster.wait_for_new_executors(2, &before);
@@ -268,7 +255,7 @@ fn sigkill_while_a_step_runs_reruns_only_that_step() {
 #[test]
 fn sigkill_between_two_steps_does_not_run_the_first_again() {
     let (cluster, _turn) = cluster();
-    let pid = start_gated_steps(cluster, "kill-between-steps", "%of kill-between-steps");
+    let pid = start_gated_steps(cluster, "kill-between-steps", "");
     let mut c = cluster.connect();
     let before = cluster.executor_pids(&mut c);
     kill_9(pid);
