@@ -202,11 +202,16 @@ fn store_function(
                 cancel_on = excluded.cancel_on, failure_of = excluded.failure_of, updated_at = now()
             RETURNING id
          ), old_triggers AS (
-            DELETE FROM jobs.triggers WHERE function_id = $1
+            -- Only the triggers that go: the insert below cannot see this
+            -- statement's deletions, so the ones that stay must not collide.
+            DELETE FROM jobs.triggers
+            WHERE function_id = $1
+              AND (event, wildcard) NOT IN (SELECT * FROM unnest($9::text[], $10::bool[]))
          )
          INSERT INTO jobs.triggers (event, wildcard, function_id)
          SELECT event, wildcard, (SELECT id FROM defined)
-         FROM unnest($9::text[], $10::bool[]) AS t (event, wildcard)",
+         FROM unnest($9::text[], $10::bool[]) AS t (event, wildcard)
+         ON CONFLICT DO NOTHING",
         &[
             id.into(),
             signature.into(),
