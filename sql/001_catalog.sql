@@ -46,6 +46,13 @@ CREATE TABLE jobs.events (
 );
 CREATE INDEX events_name_received_at ON jobs.events (name, received_at);
 
+-- JSON Schemas that the data of events must match (jobs.define_event).
+CREATE TABLE jobs.event_schemas (
+    name        text PRIMARY KEY,
+    schema      jsonb NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
 -- Deduplication ids seen in the last 24 hours.
 CREATE TABLE jobs.dedup_ids (
     dedup_id    text PRIMARY KEY,
@@ -201,3 +208,4 @@ FROM jobs.cron_schedules;
 SELECT pg_catalog.pg_extension_config_dump('jobs.functions', '');
 SELECT pg_catalog.pg_extension_config_dump('jobs.triggers', '');
 SELECT pg_catalog.pg_extension_config_dump('jobs.cron_schedules', '');
+SELECT pg_catalog.pg_extension_config_dump('jobs.event_schemas', '');

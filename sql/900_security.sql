@@ -16,6 +16,9 @@ GRANT EXECUTE ON FUNCTION
     jobs.invoke(text, text, jsonb, interval), jobs._invoke(text, text, jsonb, interval),
     jobs.non_retriable(text), jobs.retry_after(text, interval)
 TO PUBLIC;
+-- Like pg_stat_activity, the workers' pids and current runs are no secret.
+GRANT EXECUTE ON FUNCTION jobs._workers() TO PUBLIC;
+GRANT SELECT ON jobs.workers TO PUBLIC;
 
 -- A role granted SELECT sees the definitions and the runs of the functions it
 -- owns (is a member of the owner of), not those of other roles.

@@ -29,6 +29,11 @@ extension_sql_file!(
         api::steps::invoke_internal
     ]
 );
+extension_sql_file!(
+    "../sql/200_operations.sql",
+    name = "operations",
+    requires = [api::explain::workers]
+);
 extension_sql_file!("../sql/900_security.sql", name = "security", finalize);
 
 #[pg_guard]

@@ -337,6 +337,16 @@ mod tests {
             count("SELECT count(*) FROM jobs.triggers WHERE function_id = 'f'"),
             2
         );
+        // Again with the same events and one more (a migration run twice).
+        Spi::run("SELECT jobs.create_function('f', 'handler(jsonb)', '{\"event\": [\"app/b\", \"app/c.*\", \"app/d\"]}')").unwrap();
+        assert_eq!(
+            Spi::get_one::<String>(
+                "SELECT string_agg(event || CASE WHEN wildcard THEN '*' ELSE '' END, ',' ORDER BY event) FROM jobs.triggers"
+            )
+            .unwrap()
+            .as_deref(),
+            Some("app/b,app/c.*,app/d")
+        );
         assert_eq!(
             Spi::get_one::<String>("SELECT handler FROM jobs.functions")
                 .unwrap()
@@ -607,5 +617,126 @@ mod tests {
             &["timezone", "cron"],
         );
         assert_eq!(count("SELECT count(*) FROM jobs.schedules"), 0);
+    }
+
+    #[pg_test]
+    fn event_schemas_refuse_bad_data_and_store_nothing() {
+        setup_handler();
+        Spi::run(
+            "SELECT jobs.define_event('app/user.created', '{\"type\": \"object\", \"required\": [\"userId\", \"email\"],
+               \"properties\": {\"userId\": {\"type\": \"string\"}, \"email\": {\"type\": \"string\", \"format\": \"email\"}}}')",
+        )
+        .unwrap();
+        Spi::run("SELECT jobs.send('app/user.created', '{\"userId\": \"u1\", \"email\": \"ada@example.com\"}')").unwrap();
+        expect_error(
+            "SELECT jobs.send('app/user.created', '{\"userId\": 42, \"email\": \"not-an-email\"}')",
+            "22023",
+            &[
+                "app/user.created",
+                "does not match its schema",
+                "data/email",
+                "format",
+                "data/userId",
+                "type",
+            ],
+        );
+        expect_error(
+            "SELECT jobs.send('[{\"name\": \"app/other\"}, {\"name\": \"app/user.created\", \"data\": {\"userId\": \"u2\"}}]'::jsonb)",
+            "22023",
+            &["events[1].data", "\"email\" is a required property"],
+        );
+        expect_error(
+            "SELECT jobs.define_event('app/x', '{\"type\": \"objekt\"}')",
+            "22023",
+            &["app/x", "not a valid JSON Schema"],
+        );
+        expect_error(
+            "SELECT jobs.define_event('jobs/x', '{}')",
+            "22023",
+            &["reserved"],
+        );
+        expect_error(
+            "SELECT jobs.define_event('app/x', '[]')",
+            "22023",
+            &["JSON Schema object"],
+        );
+        Spi::run("SELECT jobs.define_event('app/user.created', NULL)").unwrap();
+        Spi::run("SELECT jobs.send('app/user.created', '{\"anything\": true}')").unwrap();
+        assert_eq!(
+            count("SELECT count(*) FROM jobs.events WHERE name = 'app/user.created'"),
+            2
+        );
+    }
+
+    #[pg_test]
+    fn explain_event_says_why_each_function_did_or_did_not_run() {
+        setup_handler();
+        Spi::run(
+            "SELECT jobs.create_function('exact', 'handler(jsonb)', '{\"event\": \"app/order.placed\"}');
+             SELECT jobs.create_function('wild', 'handler(jsonb)', '{\"event\": \"app/order.*\"}');
+             SELECT jobs.create_function('other', 'handler(jsonb)', '{\"event\": [\"app/user.created\", \"app/user.deleted\"]}');
+             SELECT jobs.create_function('big', 'handler(jsonb)', '{\"event\": \"app/order.placed\", \"if\": \"event.data.total > 100\"}');
+             SELECT jobs.create_function('invoked-only', 'handler(jsonb)');
+             SELECT jobs.create_function('held', 'handler(jsonb)', '{\"event\": \"app/order.placed\"}');
+             SELECT jobs.pause_function('held');",
+        )
+        .unwrap();
+        let event = Spi::get_one::<pgrx::Uuid>(
+            "SELECT jobs.send('app/order.placed', '{\"total\": 20}', 'order-1')",
+        )
+        .unwrap()
+        .unwrap();
+        let reasons = |event: pgrx::Uuid| -> Vec<(String, bool, String)> {
+            Spi::connect(|c| {
+                c.select(
+                    "SELECT function_id, matched, reason FROM jobs.explain_event($1)",
+                    None,
+                    &[event.into()],
+                )
+                .unwrap()
+                .map(|r| {
+                    (
+                        r.get(1).unwrap().unwrap(),
+                        r.get(2).unwrap().unwrap(),
+                        r.get(3).unwrap().unwrap(),
+                    )
+                })
+                .collect()
+            })
+        };
+        let got = reasons(event);
+        let find = |id: &str| got.iter().find(|r| r.0 == id).cloned().unwrap();
+        assert_eq!(find("exact"), ("exact".into(), true, "started".into()));
+        assert_eq!(find("wild"), ("wild".into(), true, "started".into()));
+        assert_eq!(find("held").2, "started; held while the function is paused");
+        assert_eq!(
+            find("big"),
+            (
+                "big".into(),
+                false,
+                "its if filter is false: event.data.total > 100".into()
+            )
+        );
+        assert_eq!(
+            find("other").2,
+            "listens to app/user.created, app/user.deleted, not to app/order.placed"
+        );
+        assert_eq!(
+            find("invoked-only").2,
+            "no event trigger (it runs when invoked or on its schedule)"
+        );
+        let again = Spi::get_one::<pgrx::Uuid>(
+            "SELECT jobs.send('app/order.placed', '{\"total\": 20}', 'order-1')",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(reasons(again)
+            .iter()
+            .all(|r| !r.1 && r.2.starts_with("deduplicated: event ")));
+        expect_error(
+            "SELECT * FROM jobs.explain_event(gen_random_uuid())",
+            "42704",
+            &["does not exist"],
+        );
     }
 }

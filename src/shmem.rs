@@ -5,7 +5,7 @@
 //! the latch of idle executors. No LISTEN/NOTIFY, no global lock at commit.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic};
@@ -24,10 +24,30 @@ pub struct WorkerSlot {
     /// Set by the executor right before its last look for work; cleared by
     /// whoever wakes it, so that concurrent committers wake different executors.
     idle: AtomicBool,
+    /// For the jobs.workers view: when the executor last went round its loop,
+    /// and the run it is executing (its 16 bytes, valid while `running`).
+    heartbeat_ms: AtomicI64,
+    running: AtomicBool,
+    run: [AtomicU64; 2],
 }
 
 pub struct Shared {
+    launcher_pid: AtomicI32,
+    launcher_heartbeat_ms: AtomicI64,
     pub workers: [WorkerSlot; MAX_WORKERS],
+}
+
+/// What jobs.workers shows of an executor.
+pub struct WorkerStatus {
+    pub pid: i32,
+    pub run: Option<[u8; 16]>,
+    pub heartbeat_ms: i64,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 unsafe impl PGRXSharedMemory for Shared {}
@@ -35,11 +55,16 @@ unsafe impl PGRXSharedMemory for Shared {}
 impl Default for Shared {
     fn default() -> Self {
         Shared {
+            launcher_pid: AtomicI32::new(0),
+            launcher_heartbeat_ms: AtomicI64::new(0),
             workers: std::array::from_fn(|_| WorkerSlot {
                 pid: AtomicI32::new(0),
                 last_pid: AtomicI32::new(0),
                 latch: AtomicUsize::new(0),
                 idle: AtomicBool::new(false),
+                heartbeat_ms: AtomicI64::new(0),
+                running: AtomicBool::new(false),
+                run: [AtomicU64::new(0), AtomicU64::new(0)],
             }),
         }
     }
@@ -92,9 +117,63 @@ impl WorkerSlot {
     pub fn set_idle(&self, idle: bool) {
         self.idle.store(idle, Ordering::SeqCst);
     }
+
+    pub fn beat(&self) {
+        self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// The run the executor is on, or none.
+    pub fn set_run(&self, run: Option<[u8; 16]>) {
+        self.running.store(false, Ordering::SeqCst);
+        if let Some(bytes) = run {
+            let (high, low) = bytes.split_at(8);
+            self.run[0].store(
+                u64::from_be_bytes(high.try_into().unwrap()),
+                Ordering::SeqCst,
+            );
+            self.run[1].store(
+                u64::from_be_bytes(low.try_into().unwrap()),
+                Ordering::SeqCst,
+            );
+            self.running.store(true, Ordering::SeqCst);
+        }
+    }
+
+    pub fn status(&self) -> Option<WorkerStatus> {
+        let pid = self.pid.load(Ordering::SeqCst);
+        if pid == 0 {
+            return None;
+        }
+        let running = self.running.load(Ordering::SeqCst);
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.run[0].load(Ordering::SeqCst).to_be_bytes());
+        bytes[8..].copy_from_slice(&self.run[1].load(Ordering::SeqCst).to_be_bytes());
+        // A run id changing under the read is shown as no run rather than a mix of two.
+        let run = (running && self.running.load(Ordering::SeqCst)).then_some(bytes);
+        Some(WorkerStatus {
+            pid,
+            run,
+            heartbeat_ms: self.heartbeat_ms.load(Ordering::Relaxed),
+        })
+    }
 }
 
 impl Shared {
+    pub fn set_launcher(&self, pid: i32) {
+        self.launcher_pid.store(pid, Ordering::SeqCst);
+    }
+
+    pub fn launcher_beat(&self) {
+        self.launcher_heartbeat_ms
+            .store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// The launcher's pid and last heartbeat, when it runs.
+    pub fn launcher(&self) -> Option<(i32, i64)> {
+        let pid = self.launcher_pid.load(Ordering::SeqCst);
+        (pid != 0).then(|| (pid, self.launcher_heartbeat_ms.load(Ordering::Relaxed)))
+    }
+
     /// Wakes up to `count` idle executors.
     pub fn wake_idle_workers(&self, mut count: usize) {
         for slot in &self.workers {

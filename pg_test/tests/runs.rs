@@ -378,3 +378,58 @@ fn the_hello_example_runs_as_the_demo_shows() {
         ("say-hello".to_string(), "completed".to_string())
     );
 }
+
+#[test]
+fn the_workers_view_shows_the_launcher_and_the_executors() {
+    let mut c = cluster().connect();
+    let rows = c
+        .query(
+            "SELECT kind, count(*), bool_and(last_heartbeat > now() - interval '5 seconds'), bool_and(pid > 0)
+             FROM jobs.workers GROUP BY kind ORDER BY kind",
+            &[],
+        )
+        .unwrap();
+    let got: Vec<(String, i64, bool, bool)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("executor".to_string(), 2, true, true),
+            ("launcher".to_string(), 1, true, true)
+        ]
+    );
+    let pids: i64 = c
+        .query_one(
+            "SELECT count(*) FROM jobs.workers w JOIN pg_stat_activity a ON a.pid = w.pid AND a.backend_type = 'pg_jobs ' || w.kind",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(pids, 3);
+}
+
+#[test]
+fn explain_event_tells_why_a_function_did_not_run() {
+    let mut c = cluster().connect();
+    c.batch_execute(
+        "SELECT jobs.create_function('explained', 'record_effect(jsonb)', '{\"event\": \"test/explained\", \"if\": \"event.data.n > 1\"}')",
+    )
+    .unwrap();
+    let event: String = c
+        .query_one(
+            "SELECT jobs.send('test/explained', '{\"n\": 1}')::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let reason: String = c
+        .query_one(
+            "SELECT reason FROM jobs.explain_event($1::text::uuid) WHERE function_id = 'explained'",
+            &[&event],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(reason, "its if filter is false: event.data.n > 1");
+}

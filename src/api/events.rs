@@ -213,6 +213,14 @@ pub fn record(events: Vec<NewEvent>) -> Vec<pgrx::Uuid> {
         Spi::connect_mut(|client| {
             let mut ids = Vec::with_capacity(events.len());
             let mut runnable = 0;
+            for (index, event) in events.iter().enumerate() {
+                let prefix = if events.len() > 1 {
+                    format!("events[{index}].")
+                } else {
+                    String::new()
+                };
+                super::schemas::check(client, &prefix, &event.name, event.data);
+            }
             for event in events {
                 let id = new_id();
                 let duplicate_of = event

@@ -1,7 +1,9 @@
 //! The SQL API: every function a user calls lives under this module.
 
 pub mod events;
+pub mod explain;
 pub mod functions;
+pub mod schemas;
 pub mod steps;
 pub mod types;
 

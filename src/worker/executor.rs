@@ -51,6 +51,7 @@ pub extern "C-unwind" fn pg_jobs_executor_main(arg: pg_sys::Datum) {
     pgrx::bgworkers::BackgroundWorker::connect_worker_to_spi(Some(&gucs::database()), None);
     let slot = &shared().workers[slot_index];
     slot.occupy();
+    super::set_slot(slot_index);
     unsafe { pg_sys::before_shmem_exit(Some(vacate_slot), arg) };
     // The executor's own statements must not resolve names through anything a
     // user could create; user code gets the default search_path back (invoke.rs).
@@ -71,7 +72,7 @@ pub extern "C-unwind" fn pg_jobs_executor_main(arg: pg_sys::Datum) {
         }
         // Idle before looking: a commit after this point sees it and wakes it.
         slot.set_idle(true);
-        report_activity(pg_sys::BackendState::STATE_IDLE, "waiting for work");
+        report_activity(pg_sys::BackendState::STATE_IDLE, "waiting for work", None);
         let (claimed, next_due) = in_transaction(|| claim(batch));
         if claimed.is_empty() {
             batch = 1;

@@ -216,6 +216,11 @@ fn start_executor(slot: usize) -> Option<DynamicBackgroundWorker> {
 }
 
 #[pg_guard]
+unsafe extern "C-unwind" fn forget_launcher(_code: i32, _arg: pg_sys::Datum) {
+    shared().set_launcher(0);
+}
+
+#[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_jobs_launcher_main(_arg: pg_sys::Datum) {
     attach_signal_handlers();
@@ -225,6 +230,8 @@ pub extern "C-unwind" fn pg_jobs_launcher_main(_arg: pg_sys::Datum) {
     in_transaction(|| {
         Spi::run("SET search_path = pg_catalog, pg_temp").expect("setting search_path")
     });
+    shared().set_launcher(unsafe { pg_sys::MyProcPid });
+    unsafe { pg_sys::before_shmem_exit(Some(forget_launcher), pg_sys::Datum::from(0)) };
 
     let mut executors: Vec<Option<DynamicBackgroundWorker>> =
         (0..MAX_WORKERS).map(|_| None).collect();
@@ -232,6 +239,7 @@ pub extern "C-unwind" fn pg_jobs_launcher_main(_arg: pg_sys::Datum) {
     let mut last_housekeeping = Instant::now();
     loop {
         handle_interrupts();
+        shared().launcher_beat();
         let installed = in_transaction(extension_installed);
         if installed && !running {
             stop_orphaned_executors();

@@ -70,7 +70,22 @@ fn wait(timeout: Duration) {
     }
 }
 
-fn report_activity(state: pg_sys::BackendState::Type, activity: &str) {
+thread_local! {
+    /// The shared-memory slot of this executor, for what jobs.workers shows.
+    static SLOT: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+fn set_slot(slot: usize) {
+    SLOT.with(|s| s.set(Some(slot)));
+}
+
+/// Says what the executor does, in pg_stat_activity and in jobs.workers.
+fn report_activity(state: pg_sys::BackendState::Type, activity: &str, run: Option<pgrx::Uuid>) {
     let text = std::ffi::CString::new(activity).unwrap_or_default();
     unsafe { pg_sys::pgstat_report_activity(state, text.as_ptr()) };
+    if let Some(slot) = SLOT.with(std::cell::Cell::get) {
+        let worker = &crate::shmem::shared().workers[slot];
+        worker.set_run(run.map(|id| *id.as_bytes()));
+        worker.beat();
+    }
 }

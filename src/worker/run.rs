@@ -281,6 +281,7 @@ pub fn advance(run: &mut LoadedRun) -> Progress {
     report_activity(
         pg_sys::BackendState::STATE_RUNNING,
         &format!("run {} of {}", run.id, run.function_id),
+        Some(run.id),
     );
     let replay = Replay::new(run.user.owner.to_u32(), std::mem::take(&mut run.memos));
     let (result, operation) =
@@ -422,6 +423,7 @@ fn run_step(run: &LoadedRun, step: PlannedStep) -> Progress {
     report_activity(
         pg_sys::BackendState::STATE_RUNNING,
         &format!("run {} of {}: step {}", run.id, run.function_id, step.id),
+        Some(run.id),
     );
     let started = Instant::now();
     let result = invoke::run_step(&run.user, &step.sql, step.args.as_deref());

@@ -103,6 +103,7 @@ pub fn execute(claimed: &Claimed) {
         report_activity(
             pg_sys::BackendState::STATE_RUNNING,
             &format!("run {run}: parallel step {step}"),
+            Some(run),
         );
         let started = Instant::now();
         let result = invoke::run_step(&task.user, &task.sql, task.args.as_deref());
