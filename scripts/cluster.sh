@@ -47,7 +47,11 @@ start)
         echo "shared_preload_libraries = 'pg_jobs'"
         for setting in "$@"; do echo "$setting"; done
     } >>"$dir/data/postgresql.auto.conf"
-    as_server_user "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null
+    # The server gets the environment a service manager would give it: with
+    # RUST_BACKTRACE set, every error raised through Rust code (a step
+    # suspending its run is one) also records a stack trace.
+    as_server_user env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE \
+        "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start >/dev/null
     echo "$dir"
     ;;
 stop)

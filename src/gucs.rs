@@ -1,8 +1,9 @@
 //! Settings, all under the reserved `jobs.` prefix.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys;
 
 /// Upper bound of `jobs.workers`; shared memory holds this many executor slots.
 pub const MAX_WORKERS: usize = 64;
@@ -13,6 +14,46 @@ pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16);
 pub static MAX_EVENT_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(512);
+
+/// Sets a PostgreSQL setting until the GUC nest level `NewGUCNestLevel`
+/// opened last is closed (`AtEOXact_GUC`), or its (sub)transaction aborts.
+pub fn set_in_nest_level(name: &CStr, value: &CStr) {
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+    }
+}
+
+/// Gives a setting back its configured value (postgresql.conf, ALTER
+/// DATABASE) in the current GUC nest level.
+pub fn reset_in_nest_level(name: &CStr) {
+    let configured = unsafe { CStr::from_ptr(pg_sys::GetConfigOptionResetString(name.as_ptr())) };
+    set_in_nest_level(name, configured);
+}
+
+/// pg_jobs' own statements run with these settings, user code never does:
+/// - a fixed `search_path`, so that nothing a user creates can stand in for
+///   what they name;
+/// - no sequential scans where an index serves, and plans made once per
+///   session. The statements look rows up by key in tables that grow and
+///   shrink by thousands of rows a second, faster than autovacuum's statistics
+///   follow: planned from a table that was empty when last analyzed, a lookup
+///   of a few runs' steps scanned all of them in every round; and planning
+///   afresh for each call's values, which PostgreSQL does when the statistics
+///   make a generic plan look dearer, cost more than running the statement.
+pub const OWN_STATEMENT_SETTINGS: [(&CStr, &CStr); 3] = [
+    (c"search_path", c"pg_catalog, pg_temp"),
+    (c"enable_seqscan", c"off"),
+    (c"plan_cache_mode", c"force_generic_plan"),
+];
 
 /// `preloading`: called from shared_preload_libraries, the only time a
 /// postmaster-level setting may be defined.

@@ -289,6 +289,33 @@ fn handlers_run_as_the_role_that_defined_the_function() {
 }
 
 #[test]
+fn user_code_runs_with_the_configured_settings_not_the_executors() {
+    let mut c = cluster().connect();
+    c.batch_execute(
+        "CREATE FUNCTION settings_seen(ctx jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+         BEGIN
+             RETURN jsonb_build_object(
+                 'handler', current_setting('search_path') || ' ' || current_setting('enable_seqscan'),
+                 'step', jobs.step('look',
+                     $step$ SELECT current_setting('search_path') || ' ' || current_setting('enable_seqscan') $step$));
+         END $$;
+         SELECT jobs.create_function('settings-seen', 'settings_seen(jsonb)', '{\"event\": \"test/settings\"}');
+         SELECT jobs.send('test/settings');",
+    )
+    .unwrap();
+    assert_eq!(wait_for_runs(&mut c, "settings-seen", 1), ["completed"]);
+    let output = c
+        .query_one(
+            "SELECT output->>'handler', output->>'step' FROM jobs.runs WHERE function_id = 'settings-seen'",
+            &[],
+        )
+        .unwrap();
+    for seen in [output.get::<_, String>(0), output.get(1)] {
+        assert_eq!(seen, "\"$user\", public on");
+    }
+}
+
+#[test]
 fn pause_holds_runs_and_resume_releases_them() {
     let mut c = cluster().connect();
     c.batch_execute(

@@ -16,8 +16,8 @@ use pgrx::PgOid;
 
 /// Runs `f` with the rights of the bootstrap superuser, who owns the catalog;
 /// `f` gets the calling role, since inside it `current_user` is the superuser.
-/// The search_path is pinned to `pg_catalog, pg_temp` meanwhile, so that
-/// nothing the caller created can stand in for what the statements name.
+/// The statements run with pg_jobs' own settings meanwhile
+/// (`gucs::OWN_STATEMENT_SETTINGS`).
 ///
 /// API functions are SECURITY INVOKER, so that they know their caller, and
 /// declare `SET search_path = pg_catalog, pg_temp`, so that nothing the caller
@@ -33,17 +33,8 @@ pub fn as_catalog_owner<R>(f: impl FnOnce(pg_sys::Oid) -> R) -> R {
         );
     }
     let nest_level = unsafe { pg_sys::NewGUCNestLevel() };
-    unsafe {
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
+    for (name, value) in crate::gucs::OWN_STATEMENT_SETTINGS {
+        crate::gucs::set_in_nest_level(name, value);
     }
     // On error the (sub)transaction abort restores the caller's identity and settings.
     let result = f(user);

@@ -53,11 +53,7 @@ pub extern "C-unwind" fn pg_jobs_executor_main(arg: pg_sys::Datum) {
     slot.occupy();
     super::set_slot(slot_index);
     unsafe { pg_sys::before_shmem_exit(Some(vacate_slot), arg) };
-    // The executor's own statements must not resolve names through anything a
-    // user could create; user code gets the default search_path back (invoke.rs).
-    in_transaction(|| {
-        Spi::run("SET search_path = pg_catalog, pg_temp").expect("setting search_path")
-    });
+    super::use_own_settings();
 
     // Claimed work waits for whatever runs before it in the same batch, so
     // batches grow only while the queue is deep and the work is quick, and go

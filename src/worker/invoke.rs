@@ -214,7 +214,8 @@ fn in_subtransaction(
     result
 }
 
-/// Runs `f` with the owner's identity and the database's default search_path,
+/// Runs `f` with the owner's identity and the configured settings (not the
+/// executor's own: `gucs::OWN_STATEMENT_SETTINGS`),
 /// with temporary objects and SET ROLE ruled out (they would outlive the call
 /// in this shared session). Settings the code changes are undone.
 fn as_owner<R>(user: &UserContext, f: impl FnOnce() -> R) -> R {
@@ -229,18 +230,10 @@ fn as_owner<R>(user: &UserContext, f: impl FnOnce() -> R) -> R {
         );
     }
     let nest_level = unsafe { pg_sys::NewGUCNestLevel() };
+    for (name, _) in crate::gucs::OWN_STATEMENT_SETTINGS {
+        crate::gucs::reset_in_nest_level(name);
+    }
     unsafe {
-        let default_path = pg_sys::GetConfigOptionResetString(c"search_path".as_ptr());
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            default_path,
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
         if let Some(limit) = user.max_runtime {
             timeout::enable_timeout_after(
                 timeout::STATEMENT_TIMEOUT,

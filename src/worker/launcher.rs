@@ -226,10 +226,7 @@ pub extern "C-unwind" fn pg_jobs_launcher_main(_arg: pg_sys::Datum) {
     attach_signal_handlers();
     let database = gucs::database();
     pgrx::bgworkers::BackgroundWorker::connect_worker_to_spi(Some(&database), None);
-    // Its statements must not resolve names through anything a user could create.
-    in_transaction(|| {
-        Spi::run("SET search_path = pg_catalog, pg_temp").expect("setting search_path")
-    });
+    super::use_own_settings();
     shared().set_launcher(unsafe { pg_sys::MyProcPid });
     unsafe { pg_sys::before_shmem_exit(Some(forget_launcher), pg_sys::Datum::from(0)) };
 

@@ -31,6 +31,21 @@ fn in_transaction<R>(f: impl FnOnce() -> R) -> R {
     result
 }
 
+/// Gives the session pg_jobs' own settings (`gucs::OWN_STATEMENT_SETTINGS`);
+/// user code gets the configured ones back while it runs (invoke.rs).
+fn use_own_settings() {
+    in_transaction(|| {
+        for (name, value) in crate::gucs::OWN_STATEMENT_SETTINGS {
+            let (name, value) = (name.to_str().unwrap(), value.to_str().unwrap());
+            Spi::get_one_with_args::<String>(
+                "SELECT pg_catalog.set_config($1, $2, false)",
+                &[name.into(), value.into()],
+            )
+            .unwrap_or_else(|e| panic!("setting {name}: {e}"));
+        }
+    });
+}
+
 /// SIGTERM interrupts whatever runs (user code included) at its next interrupt
 /// check; SIGHUP asks for a settings reload.
 fn attach_signal_handlers() {
