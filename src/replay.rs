@@ -141,8 +141,9 @@ impl Replay {
         self.yielded.is_some()
     }
 
-    pub fn into_operation(self) -> Option<Operation> {
-        self.yielded
+    /// The memos it was given, and what the invocation yielded.
+    pub fn into_parts(self) -> (HashMap<String, Memo>, Option<Operation>) {
+        (self.memos, self.yielded)
     }
 }
 
@@ -150,8 +151,12 @@ thread_local! {
     static CURRENT: RefCell<Option<Replay>> = const { RefCell::new(None) };
 }
 
-/// Installs `replay` for the invocation `f` makes, and returns what it yielded.
-pub fn during<R>(replay: Replay, f: impl FnOnce() -> R) -> (R, Option<Operation>) {
+/// Installs `replay` for the invocation `f` makes; returns `f`'s result, the
+/// memos (for the next invocation) and what the invocation yielded.
+pub fn during<R>(
+    replay: Replay,
+    f: impl FnOnce() -> R,
+) -> (R, HashMap<String, Memo>, Option<Operation>) {
     CURRENT.with(|c| *c.borrow_mut() = Some(replay));
     struct Clear;
     impl Drop for Clear {
@@ -161,11 +166,12 @@ pub fn during<R>(replay: Replay, f: impl FnOnce() -> R) -> (R, Option<Operation>
     }
     let guard = Clear;
     let result = f();
-    let operation = CURRENT
+    let (memos, operation) = CURRENT
         .with(|c| c.borrow_mut().take())
-        .and_then(Replay::into_operation);
+        .map(Replay::into_parts)
+        .unwrap_or_default();
     drop(guard);
-    (result, operation)
+    (result, memos, operation)
 }
 
 /// Gives the step functions access to the invocation's replay state, or `None`
@@ -203,7 +209,7 @@ mod tests {
         assert!(!r.has_yielded());
         r.yield_operation(Operation::Run(planned("a")));
         r.yield_operation(Operation::Run(planned("b")));
-        assert_eq!(r.into_operation(), Some(Operation::Run(planned("a"))));
+        assert_eq!(r.into_parts().1, Some(Operation::Run(planned("a"))));
     }
 
     #[test]
@@ -222,7 +228,7 @@ mod tests {
     #[test]
     fn the_context_exists_only_during_an_invocation() {
         assert_eq!(with_current(|_| ()), None);
-        let ((), op) = during(Replay::default(), || {
+        let ((), _, op) = during(Replay::default(), || {
             with_current(|r| {
                 r.yield_operation(Operation::Sleep {
                     id: "s".into(),

@@ -150,39 +150,37 @@ fn claim(limit: usize) -> (Vec<Claimed>, Option<Duration>) {
 /// Advances the claimed work round by round. Each round is one transaction:
 /// every run takes one step (or finishes, or parks), so a step always commits
 /// before its run's next step starts, and the steps of many runs share a commit.
+/// A run is loaded once and carried from round to round until it parks.
 /// Returns whether every round was quick.
 fn execute(claimed: Vec<Claimed>) -> bool {
-    let (tasks, mut runs): (Vec<Claimed>, Vec<Claimed>) =
+    let (tasks, mut unloaded): (Vec<Claimed>, Vec<Claimed>) =
         claimed.into_iter().partition(|c| !c.step.is_empty());
     let mut tasks: VecDeque<Claimed> = tasks.into();
+    let mut runs: Vec<run::LoadedRun> = Vec::new();
     let mut quick = true;
-    while !runs.is_empty() || !tasks.is_empty() {
+    while !unloaded.is_empty() || !runs.is_empty() || !tasks.is_empty() {
         let started = Instant::now();
-        runs = in_transaction(|| {
+        in_transaction(|| {
             while let Some(claimed) = tasks.pop_front() {
                 task::execute(&claimed);
                 if started.elapsed() >= COMMIT_AFTER {
-                    return runs;
+                    return;
                 }
             }
-            let loaded = run::load(&runs);
+            run::check_cancellations(&mut runs);
+            runs.extend(run::load(&std::mem::take(&mut unloaded)));
             let mut next_round = Vec::new();
-            let mut rest = runs.into_iter().zip(loaded);
-            for (claimed, loaded) in rest.by_ref() {
-                if let Some(mut loaded) = loaded {
-                    if run::advance(&mut loaded) == run::Progress::Continue {
-                        next_round.push(Claimed {
-                            interrupted: false,
-                            ..claimed
-                        });
-                    }
+            let mut rest = std::mem::take(&mut runs).into_iter();
+            for mut loaded in rest.by_ref() {
+                if run::advance(&mut loaded) == run::Progress::Continue {
+                    next_round.push(loaded);
                 }
                 if run::must_commit_now() || started.elapsed() >= COMMIT_AFTER {
                     break;
                 }
             }
-            next_round.extend(rest.map(|(claimed, _)| claimed));
-            next_round
+            next_round.extend(rest);
+            runs = next_round;
         });
         quick &= started.elapsed() < COMMIT_AFTER;
     }

@@ -158,15 +158,17 @@ pub struct StepUpdate<'a> {
     pub elapsed: Duration,
 }
 
-pub fn step(update: StepUpdate) {
-    exec::<bool>(
+/// Records a step's outcome; returns how many attempts it has had.
+pub fn step(update: &StepUpdate) -> i32 {
+    exec::<i32>(
         &STEP,
         "INSERT INTO jobs.steps AS s (run_id, id, name, kind, status, attempts, output, error, started_at, ended_at)
          VALUES ($1, $2, $3, $4, $5, $6::int, $7::text::jsonb, $8, clock_timestamp() - $9 * interval '1 millisecond',
                  CASE WHEN $5 IN ('completed', 'failed') THEN clock_timestamp() END)
          ON CONFLICT (run_id, id) DO UPDATE SET
              status = excluded.status, attempts = s.attempts + $6::int, output = excluded.output,
-             error = coalesce(excluded.error, s.error), ended_at = excluded.ended_at",
+             error = coalesce(excluded.error, s.error), ended_at = excluded.ended_at
+         RETURNING s.attempts",
         vec![
             update.run.into(),
             update.id.into(),
@@ -174,11 +176,12 @@ pub fn step(update: StepUpdate) {
             update.kind.into(),
             update.status.into(),
             i32::from(update.attempted).into(),
-            update.output.into(),
+            update.output.as_deref().into(),
             update.failure.map_or(DatumWithOid::null::<JsonB>(), failure_json),
             millis(update.elapsed),
         ],
-    );
+    )
+    .unwrap_or(0)
 }
 
 /// The run (or a parallel step, `step` not '') waits `delay` before it is claimed again.

@@ -23,6 +23,7 @@ use crate::shmem;
 
 thread_local! {
     static END_SUSPENSIONS: StatementCache = const { StatementCache::new() };
+    static FIND_CANCELLED: StatementCache = const { StatementCache::new() };
     static LOAD_RUNS: StatementCache = const { StatementCache::new() };
     static LOAD_STEPS: StatementCache = const { StatementCache::new() };
 }
@@ -113,66 +114,36 @@ pub struct LoadedRun {
     memos: HashMap<String, Memo>,
 }
 
-/// Loads the runs (in order; `None` for one that is gone) with the steps they
-/// have done. Sleeps of runs that were claimed are over, so they end now.
-pub fn load(claimed: &[Claimed]) -> Vec<Option<LoadedRun>> {
+/// The memo a step's stored row stands for.
+fn memo(
+    status: &str,
+    attempts: i32,
+    output: Option<String>,
+    sqlstate: Option<String>,
+    message: Option<String>,
+) -> Memo {
+    match status {
+        "completed" => Memo::Completed(output),
+        "failed" => Memo::Failed(StepError {
+            sqlstate: sqlstate.unwrap_or_default(),
+            message: message.unwrap_or_default(),
+            attempts,
+        }),
+        _ => Memo::Pending { attempts },
+    }
+}
+
+/// Loads the claimed runs (in order; one that is gone is left out) with the
+/// steps they have done. Whatever suspended a run is over, since it was due:
+/// a sleep ended, a wait or an invoke timed out (an event or a finished run
+/// would have ended the step already); such steps end now, unless the run is
+/// being cancelled.
+pub fn load(claimed: &[Claimed]) -> Vec<LoadedRun> {
+    if claimed.is_empty() {
+        return Vec::new();
+    }
     let ids: Vec<pgrx::Uuid> = claimed.iter().map(|c| c.run).collect();
     Spi::connect_mut(|client| {
-        // Whatever suspended a claimed run is over: a sleep ended, a wait or
-        // an invoke timed out (an event or a finished run would have ended
-        // the step already). Not for a run being cancelled.
-        let ended = prepared(
-            &END_SUSPENSIONS,
-            client,
-            "WITH timed_out AS (
-                DELETE FROM jobs.waits w
-                WHERE w.run_id = ANY ($1) AND w.kind = 'event' AND w.expires_at <= now()
-                RETURNING w.run_id, w.step_id
-             )
-             UPDATE jobs.steps s SET
-                status = CASE WHEN s.kind = 'invoke' THEN 'failed' ELSE 'completed' END,
-                error = CASE WHEN s.kind = 'invoke' THEN jsonb_build_object(
-                    'sqlstate', '57014', 'message', 'the invoked run did not finish in time') END,
-                ended_at = clock_timestamp()
-             WHERE s.run_id = ANY ($1)
-               AND (s.status = 'sleeping' OR (s.status = 'waiting' AND s.kind = 'invoke')
-                    OR (s.run_id, s.id) IN (SELECT run_id, step_id FROM timed_out))
-               AND NOT EXISTS (SELECT FROM jobs.queue q
-                               WHERE q.run_id = s.run_id AND q.step_id = '' AND q.cancelled IS NOT NULL)",
-            &[UUIDARRAYOID.value()],
-        );
-        client
-            .update(ended, None, &[ids.clone().into()])
-            .expect("ending suspensions");
-
-        let steps = prepared(
-            &LOAD_STEPS,
-            client,
-            "SELECT run_id, id, status, attempts, output::text, error->>'sqlstate', error->>'message'
-             FROM jobs.steps WHERE run_id = ANY ($1)",
-            &[UUIDARRAYOID.value()],
-        );
-        let mut memos: HashMap<pgrx::Uuid, HashMap<String, Memo>> = HashMap::new();
-        for row in client
-            .select(steps, None, &[ids.clone().into()])
-            .expect("loading steps")
-        {
-            let run: pgrx::Uuid = row.get(1).ok().flatten().expect("run_id");
-            let id: String = row.get(2).ok().flatten().expect("id");
-            let status: String = row.get(3).ok().flatten().expect("status");
-            let attempts: i32 = row.get(4).ok().flatten().expect("attempts");
-            let memo = match status.as_str() {
-                "completed" => Memo::Completed(row.get(5).ok().flatten()),
-                "failed" => Memo::Failed(StepError {
-                    sqlstate: row.get(6).ok().flatten().unwrap_or_default(),
-                    message: row.get(7).ok().flatten().unwrap_or_default(),
-                    attempts,
-                }),
-                _ => Memo::Pending { attempts },
-            };
-            memos.entry(run).or_default().insert(id, memo);
-        }
-
         let runs = prepared(
             &LOAD_RUNS,
             client,
@@ -184,10 +155,9 @@ pub fn load(claimed: &[Claimed]) -> Vec<Option<LoadedRun>> {
                     p.prorettype = 'pg_catalog.void'::pg_catalog.regtype,
                     jsonb_build_object('event', ev.event, 'events', jsonb_build_array(ev.event),
                         'run_id', r.id, 'function_id', r.function_id, 'attempt', r.attempt)::text,
-                    q.cancelled::text
+                    (SELECT q.cancelled::text FROM jobs.queue q WHERE q.run_id = r.id AND q.step_id = '')
              FROM jobs.runs r
              JOIN jobs.events e ON e.id = r.event_id
-             LEFT JOIN jobs.queue q ON q.run_id = r.id AND q.step_id = ''
              CROSS JOIN LATERAL (SELECT jsonb_build_object(
                     'id', e.id, 'name', e.name, 'data', e.data, 'ts', e.ts) AS event) ev
              LEFT JOIN jobs.functions f ON f.id = r.function_id
@@ -198,7 +168,7 @@ pub fn load(claimed: &[Claimed]) -> Vec<Option<LoadedRun>> {
         );
         let mut loaded: HashMap<pgrx::Uuid, LoadedRun> = HashMap::new();
         for row in client
-            .select(runs, None, &[ids.into()])
+            .select(runs, None, &[ids.clone().into()])
             .expect("loading claimed runs")
         {
             let id: pgrx::Uuid = row.get(1).ok().flatten().expect("id");
@@ -225,13 +195,86 @@ pub fn load(claimed: &[Claimed]) -> Vec<Option<LoadedRun>> {
                     handler: row.get(10).ok().flatten().expect("handler"),
                     ctx: row.get(13).ok().flatten().expect("ctx"),
                     cancelled: row.get(14).ok().flatten(),
-                    memos: memos.remove(&id).unwrap_or_default(),
+                    memos: HashMap::new(),
                 },
             );
         }
+
+        let steps = prepared(
+            &LOAD_STEPS,
+            client,
+            "SELECT run_id, id, status, attempts, output::text, error->>'sqlstate', error->>'message'
+             FROM jobs.steps WHERE run_id = ANY ($1)",
+            &[UUIDARRAYOID.value()],
+        );
+        let mut suspended: Vec<pgrx::Uuid> = Vec::new();
+        for row in client
+            .select(steps, None, &[ids.into()])
+            .expect("loading steps")
+        {
+            let run: pgrx::Uuid = row.get(1).ok().flatten().expect("run_id");
+            let id: String = row.get(2).ok().flatten().expect("id");
+            let status: String = row.get(3).ok().flatten().expect("status");
+            let Some(loaded) = loaded.get_mut(&run) else {
+                continue;
+            };
+            if matches!(status.as_str(), "sleeping" | "waiting") && loaded.cancelled.is_none() {
+                suspended.push(run);
+            }
+            let memo = memo(
+                &status,
+                row.get(4).ok().flatten().expect("attempts"),
+                row.get(5).ok().flatten(),
+                row.get(6).ok().flatten(),
+                row.get(7).ok().flatten(),
+            );
+            loaded.memos.insert(id, memo);
+        }
+
+        if !suspended.is_empty() {
+            let ended = prepared(
+                &END_SUSPENSIONS,
+                client,
+                "WITH timed_out AS (
+                    DELETE FROM jobs.waits w
+                    WHERE w.run_id = ANY ($1) AND w.kind = 'event' AND w.expires_at <= now()
+                    RETURNING w.run_id, w.step_id
+                 )
+                 UPDATE jobs.steps s SET
+                    status = CASE WHEN s.kind = 'invoke' THEN 'failed' ELSE 'completed' END,
+                    error = CASE WHEN s.kind = 'invoke' THEN jsonb_build_object(
+                        'sqlstate', '57014', 'message', 'the invoked run did not finish in time') END,
+                    ended_at = clock_timestamp()
+                 WHERE s.run_id = ANY ($1)
+                   AND (s.status = 'sleeping' OR (s.status = 'waiting' AND s.kind = 'invoke')
+                        OR (s.run_id, s.id) IN (SELECT run_id, step_id FROM timed_out))
+                 RETURNING s.run_id, s.id, s.status, s.attempts, s.output::text,
+                           s.error->>'sqlstate', s.error->>'message'",
+                &[UUIDARRAYOID.value()],
+            );
+            for row in client
+                .update(ended, None, &[suspended.into()])
+                .expect("ending suspensions")
+            {
+                let run: pgrx::Uuid = row.get(1).ok().flatten().expect("run_id");
+                let id: String = row.get(2).ok().flatten().expect("id");
+                let status: String = row.get(3).ok().flatten().expect("status");
+                let memo = memo(
+                    &status,
+                    row.get(4).ok().flatten().expect("attempts"),
+                    row.get(5).ok().flatten(),
+                    row.get(6).ok().flatten(),
+                    row.get(7).ok().flatten(),
+                );
+                if let Some(loaded) = loaded.get_mut(&run) {
+                    loaded.memos.insert(id, memo);
+                }
+            }
+        }
+
         claimed
             .iter()
-            .map(|c| {
+            .filter_map(|c| {
                 loaded.remove(&c.run).map(|run| LoadedRun {
                     interrupted: c.interrupted,
                     ..run
@@ -239,6 +282,40 @@ pub fn load(claimed: &[Claimed]) -> Vec<Option<LoadedRun>> {
             })
             .collect()
     })
+}
+
+/// Runs carried from the last round are not loaded again; only whether
+/// someone cancelled them meanwhile is new (`jobs.cancel_run`,
+/// `delete_function`, `cancel_on`).
+pub fn check_cancellations(runs: &mut [LoadedRun]) {
+    if runs.is_empty() {
+        return;
+    }
+    let ids: Vec<pgrx::Uuid> = runs.iter().map(|r| r.id).collect();
+    let cancelled: HashMap<pgrx::Uuid, String> = Spi::connect(|client| {
+        let find = prepared(
+            &FIND_CANCELLED,
+            client,
+            "SELECT run_id, cancelled::text FROM jobs.queue
+             WHERE run_id = ANY ($1) AND step_id = '' AND cancelled IS NOT NULL",
+            &[UUIDARRAYOID.value()],
+        );
+        client
+            .select(find, None, &[ids.into()])
+            .expect("looking for cancelled runs")
+            .map(|row| {
+                (
+                    row.get(1).ok().flatten().expect("run_id"),
+                    row.get(2).ok().flatten().expect("cancelled"),
+                )
+            })
+            .collect()
+    });
+    for run in runs {
+        if let Some(reason) = cancelled.get(&run.id) {
+            run.cancelled = Some(reason.clone());
+        }
+    }
 }
 
 pub fn advance(run: &mut LoadedRun) -> Progress {
@@ -266,7 +343,7 @@ pub fn advance(run: &mut LoadedRun) -> Progress {
         record::hold(run.id, "");
         return Progress::Done;
     }
-    if run.interrupted {
+    if std::mem::take(&mut run.interrupted) {
         // The claim already counted the interrupted attempt.
         record::attempt_error(run.id, "", run.attempt - 1, &Failure::interrupted());
         if run.attempt >= run.policy.max_attempts {
@@ -284,8 +361,9 @@ pub fn advance(run: &mut LoadedRun) -> Progress {
         Some(run.id),
     );
     let replay = Replay::new(run.user.owner.to_u32(), std::mem::take(&mut run.memos));
-    let (result, operation) =
+    let (result, memos, operation) =
         replay::during(replay, || invoke::call_handler(&run.user, call, &run.ctx));
+    run.memos = memos;
     match operation {
         None => match result {
             Ok(output) => {
@@ -336,7 +414,7 @@ fn finish(run: &LoadedRun, status: &str, output: Option<String>, failure: Option
 /// satisfies it. Holding the event name's lock exclusively meanwhile (senders
 /// hold it shared until they commit) makes the look-back and the registration
 /// one moment for senders: an event is either seen here or finds the wait.
-fn wait_for_event(run: &LoadedRun, wait: &PlannedWait) -> Progress {
+fn wait_for_event(run: &mut LoadedRun, wait: &PlannedWait) -> Progress {
     if !api::events::lock_event_name(&wait.event, true) {
         // A send of this name is in flight; try again in a moment rather than
         // block (and block every later sender of the name behind us).
@@ -357,10 +435,13 @@ fn wait_for_event(run: &LoadedRun, wait: &PlannedWait) -> Progress {
     COMMIT_NOW.with(|c| c.set(true));
     match record::look_back(run.id, wait) {
         Some(event) => {
-            record::step(StepUpdate {
-                output: Some(event),
-                ..update
-            });
+            record_step(
+                run,
+                StepUpdate {
+                    output: Some(event),
+                    ..update
+                },
+            );
             Progress::Continue
         }
         None => {
@@ -370,7 +451,7 @@ fn wait_for_event(run: &LoadedRun, wait: &PlannedWait) -> Progress {
     }
 }
 
-fn start_invoke(run: &LoadedRun, invoke: &PlannedInvoke) -> Progress {
+fn start_invoke(run: &mut LoadedRun, invoke: &PlannedInvoke) -> Progress {
     let data = serde_json::from_str(&invoke.data).unwrap_or_default();
     match api::events::start_run(
         &invoke.function_id,
@@ -387,17 +468,20 @@ fn start_invoke(run: &LoadedRun, invoke: &PlannedInvoke) -> Progress {
                 "42704",
                 format!("function id \"{}\" does not exist", invoke.function_id),
             );
-            record::step(StepUpdate {
-                run: run.id,
-                id: &invoke.id,
-                name: &invoke.name,
-                kind: "invoke",
-                status: "failed",
-                attempted: true,
-                output: None,
-                failure: Some(&failure),
-                elapsed: Duration::ZERO,
-            });
+            record_step(
+                run,
+                StepUpdate {
+                    run: run.id,
+                    id: &invoke.id,
+                    name: &invoke.name,
+                    kind: "invoke",
+                    status: "failed",
+                    attempted: true,
+                    output: None,
+                    failure: Some(&failure),
+                    elapsed: Duration::ZERO,
+                },
+            );
             Progress::Continue
         }
     }
@@ -419,7 +503,7 @@ fn handler_failed(run: &LoadedRun, failure: Failure) -> Progress {
     Progress::Done
 }
 
-fn run_step(run: &LoadedRun, step: PlannedStep) -> Progress {
+fn run_step(run: &mut LoadedRun, step: PlannedStep) -> Progress {
     report_activity(
         pg_sys::BackendState::STATE_RUNNING,
         &format!("run {} of {}: step {}", run.id, run.function_id, step.id),
@@ -440,25 +524,31 @@ fn run_step(run: &LoadedRun, step: PlannedStep) -> Progress {
     };
     match result {
         Ok(output) => {
-            record::step(StepUpdate { output, ..update });
+            record_step(run, StepUpdate { output, ..update });
             Progress::Continue
         }
         Err(failure) => {
             record::attempt_error(run.id, &step.id, step.attempts, &failure);
             if run.policy.is_final(step.attempts, &failure) {
                 // The next invocation raises the failure in the handler, at this step.
-                record::step(StepUpdate {
-                    status: "failed",
-                    failure: Some(&failure),
-                    ..update
-                });
+                record_step(
+                    run,
+                    StepUpdate {
+                        status: "failed",
+                        failure: Some(&failure),
+                        ..update
+                    },
+                );
                 Progress::Continue
             } else {
-                record::step(StepUpdate {
-                    status: "retrying",
-                    failure: Some(&failure),
-                    ..update
-                });
+                record_step(
+                    run,
+                    StepUpdate {
+                        status: "retrying",
+                        failure: Some(&failure),
+                        ..update
+                    },
+                );
                 record::release(run.id, "", run.policy.delay(step.attempts, &failure));
                 Progress::Done
             }
@@ -466,7 +556,23 @@ fn run_step(run: &LoadedRun, step: PlannedStep) -> Progress {
     }
 }
 
-fn sleep(run: &LoadedRun, id: &str, name: &str, until_ms: i64) -> Progress {
+/// Records a step's outcome and keeps it for the run's next invocation: in
+/// the same batch, the run is not loaded again.
+fn record_step(run: &mut LoadedRun, update: StepUpdate) {
+    let attempts = record::step(&update);
+    let memo = match (update.status, update.failure) {
+        ("completed", _) => Memo::Completed(update.output),
+        ("failed", Some(failure)) => Memo::Failed(StepError {
+            sqlstate: failure.sqlstate.clone(),
+            message: failure.message.clone(),
+            attempts,
+        }),
+        _ => Memo::Pending { attempts },
+    };
+    run.memos.insert(update.id.to_string(), memo);
+}
+
+fn sleep(run: &mut LoadedRun, id: &str, name: &str, until_ms: i64) -> Progress {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
@@ -482,13 +588,16 @@ fn sleep(run: &LoadedRun, id: &str, name: &str, until_ms: i64) -> Progress {
         elapsed: Duration::ZERO,
     };
     if until_ms <= now_ms {
-        record::step(StepUpdate {
-            status: "completed",
-            ..update
-        });
+        record_step(
+            run,
+            StepUpdate {
+                status: "completed",
+                ..update
+            },
+        );
         return Progress::Continue;
     }
-    record::step(update);
+    record_step(run, update);
     record::sleep(run.id, until_ms);
     Progress::Done
 }

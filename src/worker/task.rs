@@ -111,7 +111,7 @@ pub fn execute(claimed: &Claimed) {
     };
     match outcome {
         Ok((output, elapsed)) => {
-            record::step(StepUpdate {
+            record::step(&StepUpdate {
                 output,
                 elapsed,
                 ..update
@@ -121,14 +121,14 @@ pub fn execute(claimed: &Claimed) {
         Err(failure) => {
             record::attempt_error(run, step, task.attempts, &failure);
             if task.policy.is_final(task.attempts, &failure) {
-                record::step(StepUpdate {
+                record::step(&StepUpdate {
                     status: "failed",
                     failure: Some(&failure),
                     ..update
                 });
                 finished(run, step);
             } else {
-                record::step(StepUpdate {
+                record::step(&StepUpdate {
                     status: "retrying",
                     failure: Some(&failure),
                     ..update
