@@ -191,6 +191,58 @@ fn step_values_map_columns_to_json() {
 }
 
 #[test]
+fn step_sql_runs_statement_by_statement_and_sees_replaced_functions() {
+    let mut c = cluster().connect();
+    c.batch_execute(
+        r#"
+        CREATE FUNCTION version_of_helper() RETURNS text LANGUAGE sql AS $$ SELECT 'v1' $$;
+        CREATE FUNCTION statements(ctx jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+        BEGIN
+            RETURN jsonb_build_object(
+                -- A later statement uses what an earlier one created.
+                'made', jobs.step('make', $q$CREATE TABLE made_in_step (n int);
+                                             INSERT INTO made_in_step VALUES (7);
+                                             SELECT n FROM made_in_step$q$),
+                'helper', jobs.step('helper', 'SELECT version_of_helper()'));
+        END $$;
+        SELECT jobs.create_function('statements', 'statements(jsonb)', '{"event": "test/statements"}');
+        SELECT jobs.send('test/statements', '{"n": 1}');
+        "#,
+    )
+    .unwrap();
+    assert_eq!(wait_for_runs(&mut c, "statements", 1), ["completed"]);
+    // The same step SQL and handler again, after both functions were replaced.
+    c.batch_execute(
+        r#"
+        CREATE OR REPLACE FUNCTION version_of_helper() RETURNS text LANGUAGE sql AS $$ SELECT 'v2' $$;
+        CREATE OR REPLACE FUNCTION statements(ctx jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+        BEGIN
+            RETURN jsonb_build_object('helper', jobs.step('helper', 'SELECT version_of_helper()'), 'handler', 2);
+        END $$;
+        SELECT jobs.send('test/statements');
+        "#,
+    )
+    .unwrap();
+    assert_eq!(
+        wait_for_runs(&mut c, "statements", 2),
+        ["completed", "completed"]
+    );
+    let outputs: Vec<String> = c
+        .query(
+            "SELECT output::text FROM jobs.runs WHERE function_id = 'statements' ORDER BY created_at",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        outputs,
+        [r#"{"made": 7, "helper": "v1"}"#, r#"{"helper": "v2", "handler": 2}"#]
+    );
+}
+
+#[test]
 fn a_loop_calling_one_step_id_five_times_gets_numbered_ids() {
     let mut c = cluster().connect();
     c.batch_execute(

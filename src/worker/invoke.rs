@@ -287,6 +287,64 @@ unsafe fn first_value_text(
     }
 }
 
+/// Most plans of user SQL kept at once; beyond, they are all dropped.
+const MAX_KEPT_PLANS: usize = 1024;
+
+/// How a statement text with given argument types is run.
+#[derive(Clone, Copy)]
+enum Plan {
+    /// Prepared once and kept: PostgreSQL replans it when what it uses
+    /// changes, and checks privileges at each execution.
+    Kept(pg_sys::SPIPlanPtr),
+    /// Several statements: parsed and planned at each call, one statement
+    /// after the other, so that one may use what an earlier one created.
+    OneShot,
+}
+
+thread_local! {
+    /// The plans of handler calls, step SQL and step value conversions: the
+    /// same few texts run over and over, and parsing and planning them cost
+    /// more than running them.
+    static PLANS: std::cell::RefCell<std::collections::HashMap<(CString, Vec<pg_sys::Oid>), Plan>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// The plan for `sql`, prepared on first use (in the current SPI connection).
+unsafe fn plan(sql: &CStr, types: &[pg_sys::Oid]) -> Plan {
+    let key = (sql.to_owned(), types.to_vec());
+    if let Some(plan) = PLANS.with(|plans| plans.borrow().get(&key).copied()) {
+        return plan;
+    }
+    let plan = unsafe {
+        let statements = pg_sys::pg_parse_query(sql.as_ptr());
+        if statements.is_null() || (*statements).length != 1 {
+            Plan::OneShot
+        } else {
+            let mut types = types.to_vec();
+            let prepared =
+                pg_sys::SPI_prepare(sql.as_ptr(), types.len() as i32, types.as_mut_ptr());
+            if prepared.is_null() {
+                let status = pg_sys::SPI_result;
+                error!("pg_jobs could not prepare user SQL (SPI status {status})");
+            }
+            pg_sys::SPI_keepplan(prepared);
+            Plan::Kept(prepared)
+        }
+    };
+    PLANS.with(|plans| {
+        let mut plans = plans.borrow_mut();
+        if plans.len() >= MAX_KEPT_PLANS {
+            for (_, old) in plans.drain() {
+                if let Plan::Kept(old) = old {
+                    unsafe { pg_sys::SPI_freeplan(old) };
+                }
+            }
+        }
+        plans.insert(key, plan);
+    });
+    plan
+}
+
 /// Executes `sql`; the result table when it returned a row.
 unsafe fn execute(
     sql: &CStr,
@@ -303,15 +361,20 @@ unsafe fn execute(
             .iter()
             .map(|(_, v)| if v.is_some() { b' ' } else { b'n' } as std::ffi::c_char)
             .collect();
-        let status = pg_sys::SPI_execute_with_args(
-            sql.as_ptr(),
-            args.len() as i32,
-            types.as_mut_ptr(),
-            values.as_mut_ptr(),
-            nulls.as_ptr(),
-            false,
-            limit,
-        );
+        let status = match plan(sql, &types) {
+            Plan::Kept(plan) => {
+                pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, limit)
+            }
+            Plan::OneShot => pg_sys::SPI_execute_with_args(
+                sql.as_ptr(),
+                args.len() as i32,
+                types.as_mut_ptr(),
+                values.as_mut_ptr(),
+                nulls.as_ptr(),
+                false,
+                limit,
+            ),
+        };
         if status < 0 {
             error!("pg_jobs could not run user SQL (SPI status {status})");
         }
