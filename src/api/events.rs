@@ -520,8 +520,8 @@ pub fn lock_event_name(name: &str, exclusive: bool) -> bool {
 const EVENT_NAME_LOCK_SPACE: u32 = 0x6a6f_6273;
 
 /// Sends one of pg_jobs' own events (`jobs/function.finished`, ...), if any
-/// function or run listens for it: nothing is recorded otherwise.
-pub fn emit(name: &str, data: serde_json::Value) -> usize {
+/// function or run listens for it: nothing is recorded (or built) otherwise.
+pub fn emit(name: &str, data: impl FnOnce() -> serde_json::Value) -> usize {
     let listened = Spi::connect(|client| {
         let listened = prepared(
             &LISTENED,
@@ -540,7 +540,9 @@ pub fn emit(name: &str, data: serde_json::Value) -> usize {
     if !listened {
         return 0;
     }
-    let data = JsonB(data).into_datum().expect("jsonb is never null here");
+    let data = JsonB(data())
+        .into_datum()
+        .expect("jsonb is never null here");
     record(vec![NewEvent {
         name: name.to_string(),
         data,

@@ -9,7 +9,8 @@ use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 
 use super::{
-    attach_signal_handlers, handle_interrupts, in_transaction, report_activity, run, task, wait,
+    attach_signal_handlers, handle_interrupts, in_transaction, record, report_activity, run, task,
+    wait,
 };
 use crate::api::{prepared, StatementCache};
 use crate::gucs;
@@ -161,28 +162,41 @@ fn execute(claimed: Vec<Claimed>) -> bool {
     while !unloaded.is_empty() || !runs.is_empty() || !tasks.is_empty() {
         let started = Instant::now();
         in_transaction(|| {
-            while let Some(claimed) = tasks.pop_front() {
-                task::execute(&claimed);
-                if started.elapsed() >= COMMIT_AFTER {
-                    return;
-                }
-            }
-            run::check_cancellations(&mut runs);
-            runs.extend(run::load(&std::mem::take(&mut unloaded)));
-            let mut next_round = Vec::new();
-            let mut rest = std::mem::take(&mut runs).into_iter();
-            for mut loaded in rest.by_ref() {
-                if run::advance(&mut loaded) == run::Progress::Continue {
-                    next_round.push(loaded);
-                }
-                if run::must_commit_now() || started.elapsed() >= COMMIT_AFTER {
-                    break;
-                }
-            }
-            next_round.extend(rest);
-            runs = next_round;
+            round(&mut tasks, &mut unloaded, &mut runs, started);
+            record::write_finished();
         });
         quick &= started.elapsed() < COMMIT_AFTER;
     }
     quick
+}
+
+/// One round: parallel steps first, then each run one step further, until
+/// the round has taken `COMMIT_AFTER` or must commit now. Runs not reached
+/// wait for the next round.
+fn round(
+    tasks: &mut VecDeque<Claimed>,
+    unloaded: &mut Vec<Claimed>,
+    runs: &mut Vec<run::LoadedRun>,
+    started: Instant,
+) {
+    while let Some(claimed) = tasks.pop_front() {
+        task::execute(&claimed);
+        if started.elapsed() >= COMMIT_AFTER {
+            return;
+        }
+    }
+    run::check_cancellations(runs);
+    runs.extend(run::load(&std::mem::take(unloaded)));
+    let mut next_round = Vec::new();
+    let mut rest = std::mem::take(runs).into_iter();
+    for mut loaded in rest.by_ref() {
+        if run::advance(&mut loaded) == run::Progress::Continue {
+            next_round.push(loaded);
+        }
+        if run::must_commit_now() || started.elapsed() >= COMMIT_AFTER {
+            break;
+        }
+    }
+    next_round.extend(rest);
+    *runs = next_round;
 }

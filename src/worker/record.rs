@@ -62,44 +62,78 @@ thread_local! {
     static TASK_DONE: StatementCache = const { StatementCache::new() };
 }
 
-/// The run finished (`completed`, `failed` or `cancelled`): its queue entries
-/// and waits go, and a run that invoked it resumes. Returns whether such a
-/// parent run became due.
+/// A run's end, written with the other ends of its round (`write_finished`).
+struct Finished {
+    run: pgrx::Uuid,
+    status: &'static str,
+    output: Option<String>,
+    error: Option<JsonB>,
+}
+
+thread_local! {
+    static FINISHED: std::cell::RefCell<Vec<Finished>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The run finished (`completed`, `failed` or `cancelled`). The end is written
+/// by `write_finished`, in the same transaction, with the other runs that end
+/// in this round: one statement instead of one per run.
 pub fn finish(
     run: pgrx::Uuid,
-    status: &str,
+    status: &'static str,
     output: Option<String>,
     failure: Option<&Failure>,
-) -> bool {
-    let resumed = exec::<bool>(
+) {
+    FINISHED.with(|finished| {
+        finished.borrow_mut().push(Finished {
+            run,
+            status,
+            output,
+            error: failure.map(|f| JsonB(f.to_json())),
+        })
+    });
+}
+
+/// Writes the ends of runs recorded by `finish`: their queue entries and waits
+/// go, and the runs that invoked them resume.
+pub fn write_finished() {
+    let finished = FINISHED.with(|finished| std::mem::take(&mut *finished.borrow_mut()));
+    if finished.is_empty() {
+        return;
+    }
+    let (mut runs, mut statuses, mut outputs, mut errors) = (vec![], vec![], vec![], vec![]);
+    for end in finished {
+        runs.push(end.run);
+        statuses.push(end.status);
+        outputs.push(end.output);
+        errors.push(end.error);
+    }
+    let resumed = exec::<i64>(
         &FINISH,
-        "WITH done AS (DELETE FROM jobs.queue WHERE run_id = $1),
-              gone AS (DELETE FROM jobs.waits WHERE run_id = $1),
-              run AS (UPDATE jobs.runs SET status = $2, output = $3::text::jsonb, error = $4,
+        "WITH ended AS (
+                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[])
+                    AS e (run_id, status, output, error)),
+              done AS (DELETE FROM jobs.queue q USING ended e WHERE q.run_id = e.run_id),
+              gone AS (DELETE FROM jobs.waits w USING ended e WHERE w.run_id = e.run_id),
+              run AS (UPDATE jobs.runs r SET status = e.status, output = e.output::jsonb, error = e.error,
                              ended_at = clock_timestamp()
-                      WHERE id = $1 RETURNING parent_run_id, parent_step_id),
+                      FROM ended e WHERE r.id = e.run_id
+                      RETURNING r.parent_run_id, r.parent_step_id, e.status, e.output, e.error),
               parent AS (UPDATE jobs.steps s
-                         SET status = CASE WHEN $2 = 'completed' THEN 'completed' ELSE 'failed' END,
-                             output = $3::text::jsonb, error = $4, ended_at = clock_timestamp()
+                         SET status = CASE WHEN run.status = 'completed' THEN 'completed' ELSE 'failed' END,
+                             output = run.output::jsonb, error = run.error, ended_at = clock_timestamp()
                          FROM run WHERE s.run_id = run.parent_run_id AND s.id = run.parent_step_id
                                     AND s.status = 'waiting'
                          RETURNING s.run_id),
               parent_due AS (UPDATE jobs.queue q SET due_at = now()
                              FROM parent p WHERE q.run_id = p.run_id AND q.step_id = ''
                              RETURNING 1)
-         SELECT EXISTS (SELECT FROM parent_due)",
-        vec![
-            run.into(),
-            status.into(),
-            output.into(),
-            failure.map_or(DatumWithOid::null::<JsonB>(), failure_json),
-        ],
+         SELECT count(*) FROM parent_due",
+        vec![runs.into(), statuses.into(), outputs.into(), errors.into()],
     )
-    .unwrap_or(false);
-    if resumed {
-        crate::shmem::wake_workers_at_commit(1);
+    .unwrap_or(0);
+    if resumed > 0 {
+        crate::shmem::wake_workers_at_commit(resumed as usize);
     }
-    resumed
 }
 
 /// The handler failed; the run is tried again after `delay`, as attempt `attempt + 1`.

@@ -386,28 +386,45 @@ pub fn advance(run: &mut LoadedRun) -> Progress {
 
 /// Records the end of the run and tells whoever listens: the
 /// `jobs/function.*` events, and a run that invoked this one.
-fn finish(run: &LoadedRun, status: &str, output: Option<String>, failure: Option<&Failure>) {
-    record::finish(run.id, status, output.clone(), failure);
-    let event = serde_json::from_str::<serde_json::Value>(&run.ctx)
-        .ok()
-        .and_then(|mut ctx| ctx.get_mut("event").map(serde_json::Value::take))
-        .unwrap_or_default();
-    let output = output.and_then(|o| serde_json::from_str::<serde_json::Value>(&o).ok());
-    let error = failure.map(Failure::to_json);
-    let mut finished = serde_json::json!({"function_id": run.function_id, "run_id": run.id.to_string(), "event": event});
-    match status {
-        "completed" => finished["output"] = output.unwrap_or_default(),
-        _ => finished["error"] = error.clone().unwrap_or_default(),
-    }
-    api::events::emit("jobs/function.finished", finished);
-    let specific = serde_json::json!({
-        "function_id": run.function_id, "run_id": run.id.to_string(), "event": event, "error": error,
+fn finish(
+    run: &LoadedRun,
+    status: &'static str,
+    output: Option<String>,
+    failure: Option<&Failure>,
+) {
+    let event = || {
+        serde_json::from_str::<serde_json::Value>(&run.ctx)
+            .ok()
+            .and_then(|mut ctx| ctx.get_mut("event").map(serde_json::Value::take))
+            .unwrap_or_default()
+    };
+    let error = || failure.map(Failure::to_json).unwrap_or_default();
+    api::events::emit("jobs/function.finished", || {
+        let mut finished = serde_json::json!({
+            "function_id": run.function_id, "run_id": run.id.to_string(), "event": event(),
+        });
+        match status {
+            "completed" => {
+                finished["output"] = output
+                    .as_deref()
+                    .and_then(|o| serde_json::from_str(o).ok())
+                    .unwrap_or_default()
+            }
+            _ => finished["error"] = error(),
+        }
+        finished
     });
+    let specific = || {
+        serde_json::json!({
+            "function_id": run.function_id, "run_id": run.id.to_string(), "event": event(), "error": error(),
+        })
+    };
     match status {
         "failed" => api::events::emit("jobs/function.failed", specific),
         "cancelled" => api::events::emit("jobs/function.cancelled", specific),
         _ => 0,
     };
+    record::finish(run.id, status, output, failure);
 }
 
 /// Registers the wait, unless an event sent since the run started already
