@@ -238,7 +238,10 @@ fn step_sql_runs_statement_by_statement_and_sees_replaced_functions() {
         .collect();
     assert_eq!(
         outputs,
-        [r#"{"made": 7, "helper": "v1"}"#, r#"{"helper": "v2", "handler": 2}"#]
+        [
+            r#"{"made": 7, "helper": "v1"}"#,
+            r#"{"helper": "v2", "handler": 2}"#
+        ]
     );
 }
 
