@@ -114,23 +114,27 @@ pub struct LoadedRun {
     memos: HashMap<String, Memo>,
 }
 
-/// The memo a step's stored row stands for.
-fn memo(
-    status: &str,
-    attempts: i32,
-    output: Option<String>,
-    sqlstate: Option<String>,
-    message: Option<String>,
-) -> Memo {
-    match status {
-        "completed" => Memo::Completed(output),
+/// A stored step, from a row of (run_id, id, status, attempts, output,
+/// error sqlstate, error message): its run, its id, its status and the memo
+/// it stands for.
+fn stored_step(row: &pgrx::spi::SpiHeapTupleData) -> (pgrx::Uuid, String, String, Memo) {
+    let status: String = row.get(3).ok().flatten().expect("status");
+    let attempts = row.get(4).ok().flatten().expect("attempts");
+    let memo = match status.as_str() {
+        "completed" => Memo::Completed(row.get(5).ok().flatten()),
         "failed" => Memo::Failed(StepError {
-            sqlstate: sqlstate.unwrap_or_default(),
-            message: message.unwrap_or_default(),
+            sqlstate: row.get(6).ok().flatten().unwrap_or_default(),
+            message: row.get(7).ok().flatten().unwrap_or_default(),
             attempts,
         }),
         _ => Memo::Pending { attempts },
-    }
+    };
+    (
+        row.get(1).ok().flatten().expect("run_id"),
+        row.get(2).ok().flatten().expect("id"),
+        status,
+        memo,
+    )
 }
 
 /// Loads the claimed runs (in order; one that is gone is left out) with the
@@ -212,22 +216,13 @@ pub fn load(claimed: &[Claimed]) -> Vec<LoadedRun> {
             .select(steps, None, &[ids.into()])
             .expect("loading steps")
         {
-            let run: pgrx::Uuid = row.get(1).ok().flatten().expect("run_id");
-            let id: String = row.get(2).ok().flatten().expect("id");
-            let status: String = row.get(3).ok().flatten().expect("status");
+            let (run, id, status, memo) = stored_step(&row);
             let Some(loaded) = loaded.get_mut(&run) else {
                 continue;
             };
             if matches!(status.as_str(), "sleeping" | "waiting") && loaded.cancelled.is_none() {
                 suspended.push(run);
             }
-            let memo = memo(
-                &status,
-                row.get(4).ok().flatten().expect("attempts"),
-                row.get(5).ok().flatten(),
-                row.get(6).ok().flatten(),
-                row.get(7).ok().flatten(),
-            );
             loaded.memos.insert(id, memo);
         }
 
@@ -256,16 +251,7 @@ pub fn load(claimed: &[Claimed]) -> Vec<LoadedRun> {
                 .update(ended, None, &[suspended.into()])
                 .expect("ending suspensions")
             {
-                let run: pgrx::Uuid = row.get(1).ok().flatten().expect("run_id");
-                let id: String = row.get(2).ok().flatten().expect("id");
-                let status: String = row.get(3).ok().flatten().expect("status");
-                let memo = memo(
-                    &status,
-                    row.get(4).ok().flatten().expect("attempts"),
-                    row.get(5).ok().flatten(),
-                    row.get(6).ok().flatten(),
-                    row.get(7).ok().flatten(),
-                );
+                let (run, id, _, memo) = stored_step(&row);
                 if let Some(loaded) = loaded.get_mut(&run) {
                     loaded.memos.insert(id, memo);
                 }
