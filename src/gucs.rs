@@ -18,13 +18,22 @@ pub static MAX_EVENT_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(512);
 /// Sets a PostgreSQL setting until the GUC nest level `NewGUCNestLevel`
 /// opened last is closed (`AtEOXact_GUC`), or its (sub)transaction aborts.
 pub fn set_in_nest_level(name: &CStr, value: &CStr) {
+    set(name, value, pg_sys::GucAction::GUC_ACTION_SAVE);
+}
+
+/// Sets a PostgreSQL setting until the end of the current transaction.
+pub fn set_for_transaction(name: &CStr, value: &CStr) {
+    set(name, value, pg_sys::GucAction::GUC_ACTION_LOCAL);
+}
+
+fn set(name: &CStr, value: &CStr, action: pg_sys::GucAction::Type) {
     unsafe {
         pg_sys::set_config_option(
             name.as_ptr(),
             value.as_ptr(),
             pg_sys::GucContext::PGC_USERSET,
             pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
+            action,
             true,
             0,
             false,

@@ -4,6 +4,7 @@ use pgrx::prelude::*;
 
 mod api;
 mod backoff;
+mod claim_notes;
 mod config;
 mod cron;
 mod duration;

@@ -262,3 +262,88 @@ fn sigkill_between_two_steps_does_not_run_the_first_again() {
     cluster.wait_for_new_executors(2, &before);
     check_steps_ran_once(cluster, "kill-between-steps");
 }
+
+/// A handler that kills its own process at once, as a bug in C code or the
+/// OOM killer would: each attempt takes the server down before the attempt's
+/// run commits anything, yet each one counts, and the run stops after its
+/// attempts instead of crashing the server forever.
+#[test]
+fn code_that_crashes_the_server_at_once_stops_after_its_attempts() {
+    let (cluster, _turn) = cluster();
+    let crashes_before = cluster.log().matches("terminated by signal 9").count();
+    cluster
+        .connect()
+        .batch_execute(
+            "CREATE FUNCTION crash_at_once(ctx jsonb) RETURNS void LANGUAGE plpgsql AS $$
+             BEGIN
+                 COPY (SELECT 1) TO PROGRAM 'kill -9 $PPID';
+             END $$;
+             SELECT jobs.create_function('crash-at-once', 'crash_at_once(jsonb)',
+                                         '{\"event\": \"test/crash\", \"retries\": 2}');
+             SELECT jobs.send('test/crash');",
+        )
+        .unwrap();
+    let mut c = cluster.connect();
+    wait_until(
+        "the crashing run to fail",
+        Duration::from_secs(90),
+        || {
+            match c.query_one(
+            "SELECT count(*) FROM jobs.runs WHERE function_id = 'crash-at-once' AND status = 'failed'",
+            &[],
+        ) {
+            Ok(row) => row.get::<_, i64>(0) == 1,
+            Err(_) => {
+                c = cluster.connect();
+                false
+            }
+        }
+        },
+    );
+    let sqlstate: String = c
+        .query_one(
+            "SELECT error->>'sqlstate' FROM jobs.runs WHERE function_id = 'crash-at-once'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(sqlstate, "57P01");
+    let crashes = cluster.log().matches("terminated by signal 9").count() - crashes_before;
+    assert_eq!(crashes, 3, "one crash per attempt\n{}", cluster.log());
+}
+
+/// A claim's note is cleared once the claim is on disk: a crash after the run
+/// parked replays nothing, and the run stays as it was.
+#[test]
+fn a_crash_after_a_run_parked_replays_no_claim() {
+    let (cluster, _turn) = cluster();
+    let mut c = cluster.connect();
+    c.batch_execute(
+        "CREATE FUNCTION nap(ctx jsonb) RETURNS void LANGUAGE plpgsql AS $$
+         BEGIN PERFORM jobs.sleep('nap', '1 day'); END $$;
+         SELECT jobs.create_function('nap', 'nap(jsonb)', '{\"event\": \"test/nap\"}');
+         SELECT jobs.send('test/nap');",
+    )
+    .unwrap();
+    wait_until("the run to sleep", Duration::from_secs(30), || {
+        statuses(&mut c, "nap") == ["sleeping"]
+    });
+    let replays_before = cluster.log().matches("lost with the WAL").count();
+    let before = cluster.executor_pids(&mut c);
+    kill_9(before[0]);
+    cluster.wait_for_new_executors(2, &before);
+    let mut c = cluster.connect();
+    assert_eq!(statuses(&mut c, "nap"), ["sleeping"]);
+    let attempt: i32 = c
+        .query_one(
+            "SELECT attempt FROM jobs.runs WHERE function_id = 'nap'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(attempt, 0);
+    assert_eq!(
+        cluster.log().matches("lost with the WAL").count(),
+        replays_before
+    );
+}

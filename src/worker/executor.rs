@@ -13,6 +13,7 @@ use super::{
     wait,
 };
 use crate::api::{prepared, StatementCache};
+use crate::claim_notes::{self, NoteFile, Noted, WalPosition};
 use crate::gucs;
 use crate::shmem::shared;
 
@@ -29,6 +30,7 @@ const REPLAN_EVERY: Duration = Duration::from_secs(2);
 thread_local! {
     static CLAIM: StatementCache = const { StatementCache::new() };
     static NEXT_DUE: StatementCache = const { StatementCache::new() };
+    static REPLAY_CLAIMS: StatementCache = const { StatementCache::new() };
 }
 
 /// A claimed queue row: a run (`step` empty) or a parallel step of one.
@@ -37,6 +39,41 @@ pub struct Claimed {
     pub step: String,
     /// The previous holder stopped without recording an outcome.
     pub interrupted: bool,
+    claims: i32,
+}
+
+/// What claiming does to the queue rows `picked` selects and to their runs;
+/// `$2` is the claiming executor's pid (0 when the launcher replays claims a
+/// crash lost, and releases them with the others in flight). Yields the
+/// claimed rows, oldest due first.
+macro_rules! claim_sql {
+    ($picked:literal) => {
+        concat!(
+            "WITH picked AS (",
+            $picked,
+            "), claimed AS (
+                UPDATE jobs.queue q SET claimed_by = $2, claims = q.claims + 1
+                FROM picked WHERE (q.run_id, q.step_id) = (picked.run_id, picked.step_id)
+                RETURNING q.run_id, q.step_id, q.claims, q.due_at
+             ), started AS (
+                UPDATE jobs.runs r SET status = 'running', started_at = coalesce(r.started_at, now()),
+                       attempt = r.attempt + (c.claims > 1)::int
+                FROM claimed c WHERE r.id = c.run_id AND c.step_id = ''
+             )
+             SELECT run_id, step_id, claims FROM claimed ORDER BY due_at"
+        )
+    };
+}
+
+/// A claim committed without waiting for its WAL flush, noted until it is flushed.
+struct PendingClaim {
+    commit_lsn: pg_sys::XLogRecPtr,
+}
+
+impl PendingClaim {
+    fn flushed(&self) -> bool {
+        unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) >= self.commit_lsn }
+    }
 }
 
 #[pg_guard]
@@ -55,6 +92,11 @@ pub extern "C-unwind" fn pg_jobs_executor_main(arg: pg_sys::Datum) {
     super::set_slot(slot_index);
     unsafe { pg_sys::before_shmem_exit(Some(vacate_slot), arg) };
     super::use_own_settings();
+    let mut notes = NoteFile::open(claim_notes::directory(), slot_index)
+        .map_err(|e| {
+            warning!("pg_jobs: cannot note claims ({e}); every claim waits for its WAL flush")
+        })
+        .ok();
 
     // Claimed work waits for whatever runs before it in the same batch, so
     // batches grow only while the queue is deep and the work is quick, and go
@@ -70,7 +112,7 @@ pub extern "C-unwind" fn pg_jobs_executor_main(arg: pg_sys::Datum) {
         // Idle before looking: a commit after this point sees it and wakes it.
         slot.set_idle(true);
         report_activity(pg_sys::BackendState::STATE_IDLE, "waiting for work", None);
-        let (claimed, next_due) = in_transaction(|| claim(batch));
+        let (claimed, next_due) = in_transaction(|| claim(batch, notes.is_some()));
         if claimed.is_empty() {
             batch = 1;
             let poll = Duration::from_millis(gucs::POLL_INTERVAL_MS.get() as u64);
@@ -78,8 +120,9 @@ pub extern "C-unwind" fn pg_jobs_executor_main(arg: pg_sys::Datum) {
             continue;
         }
         slot.set_idle(false);
+        let pending = note(&mut notes, &claimed);
         let full = claimed.len() == batch;
-        let quick = execute(claimed);
+        let quick = execute(claimed, pending, &mut notes);
         batch = if full && quick {
             (batch * 2).min(gucs::BATCH_SIZE.get() as usize)
         } else {
@@ -88,27 +131,23 @@ pub extern "C-unwind" fn pg_jobs_executor_main(arg: pg_sys::Datum) {
     }
 }
 
-/// Claims up to `limit` due rows; when there are none, says how soon the next one is due.
-fn claim(limit: usize) -> (Vec<Claimed>, Option<Duration>) {
+/// Claims up to `limit` due rows; when there are none, says how soon the next
+/// one is due. With `noting`, the claim commits without waiting for its WAL
+/// flush (`note` covers it until then).
+fn claim(limit: usize, noting: bool) -> (Vec<Claimed>, Option<Duration>) {
+    if noting {
+        gucs::set_for_transaction(c"synchronous_commit", c"off");
+    }
     Spi::connect_mut(|client| {
         let claim = prepared(
             &CLAIM,
             client,
-            "WITH picked AS (
-                SELECT run_id, step_id FROM jobs.queue
-                WHERE claimed_by IS NULL AND NOT held AND due_at <= now()
-                ORDER BY due_at LIMIT $1
-                FOR UPDATE SKIP LOCKED
-             ), claimed AS (
-                UPDATE jobs.queue q SET claimed_by = $2, claims = q.claims + 1
-                FROM picked WHERE (q.run_id, q.step_id) = (picked.run_id, picked.step_id)
-                RETURNING q.run_id, q.step_id, q.claims, q.due_at
-             ), started AS (
-                UPDATE jobs.runs r SET status = 'running', started_at = coalesce(r.started_at, now()),
-                       attempt = r.attempt + (c.claims > 1)::int
-                FROM claimed c WHERE r.id = c.run_id AND c.step_id = ''
-             )
-             SELECT run_id, step_id, claims > 1 FROM claimed ORDER BY due_at",
+            claim_sql!(
+                "SELECT run_id, step_id FROM jobs.queue
+                 WHERE claimed_by IS NULL AND NOT held AND due_at <= now()
+                 ORDER BY due_at LIMIT $1
+                 FOR UPDATE SKIP LOCKED"
+            ),
             &[INT4OID.value(), INT4OID.value()],
         );
         let claimed: Vec<Claimed> = client
@@ -118,10 +157,14 @@ fn claim(limit: usize) -> (Vec<Claimed>, Option<Duration>) {
                 &[(limit as i32).into(), unsafe { pg_sys::MyProcPid }.into()],
             )
             .expect("claiming work")
-            .map(|row| Claimed {
-                run: row.get(1).ok().flatten().expect("run_id"),
-                step: row.get(2).ok().flatten().expect("step_id"),
-                interrupted: row.get(3).ok().flatten().expect("interrupted"),
+            .map(|row| {
+                let claims: i32 = row.get(3).ok().flatten().expect("claims");
+                Claimed {
+                    run: row.get(1).ok().flatten().expect("run_id"),
+                    step: row.get(2).ok().flatten().expect("step_id"),
+                    interrupted: claims > 1,
+                    claims,
+                }
             })
             .collect();
         if !claimed.is_empty() {
@@ -148,12 +191,97 @@ fn claim(limit: usize) -> (Vec<Claimed>, Option<Duration>) {
     })
 }
 
+/// Makes the claim just committed safe to run user code under: noted in the
+/// slot's file, or, when it cannot be, flushed.
+fn note(notes: &mut Option<NoteFile>, claimed: &[Claimed]) -> Option<PendingClaim> {
+    let commit_lsn = unsafe { pg_sys::XactLastCommitEnd };
+    let noted: Vec<Noted> = claimed
+        .iter()
+        .map(|c| Noted {
+            run: c.run.to_string(),
+            step: c.step.clone(),
+            claims: c.claims,
+        })
+        .collect();
+    let claim = WalPosition {
+        timeline: unsafe { pg_sys::GetWALInsertionTimeLine() },
+        end: commit_lsn,
+    };
+    match notes.as_mut().map(|file| file.write(claim, &noted)) {
+        Some(Ok(())) => Some(PendingClaim { commit_lsn }),
+        Some(Err(e)) => {
+            warning!("pg_jobs: cannot note a claim ({e}); flushing it instead");
+            unsafe { pg_sys::XLogFlush(commit_lsn) };
+            None
+        }
+        None => None,
+    }
+}
+
+/// Claims a crash lost from the WAL but an executor had noted: applied again,
+/// so that the attempt they started counts as interrupted. Run by the
+/// launcher when it starts (after recovery and its checkpoint), before it
+/// releases all claims.
+pub fn replay_noted_claims() -> i64 {
+    let (timeline, redo) = unsafe { (pg_sys::GetWALInsertionTimeLine(), pg_sys::GetRedoRecPtr()) };
+    let (noted, problems) = claim_notes::read_lost(claim_notes::directory(), timeline, redo);
+    for problem in problems {
+        warning!("pg_jobs: skipping an unreadable claim note: {problem}");
+    }
+    if noted.is_empty() {
+        return 0;
+    }
+    let runs: Vec<pgrx::Uuid> = noted
+        .iter()
+        .filter_map(|n| uuid::Uuid::parse_str(&n.run).ok())
+        .map(|id| pgrx::Uuid::from_bytes(*id.as_bytes()))
+        .collect();
+    if runs.len() != noted.len() {
+        warning!("pg_jobs: skipping claim notes with malformed run ids");
+        return 0;
+    }
+    let steps: Vec<String> = noted.iter().map(|n| n.step.clone()).collect();
+    let claims: Vec<i32> = noted.iter().map(|n| n.claims).collect();
+    Spi::connect_mut(|client| {
+        let replay = prepared(
+            &REPLAY_CLAIMS,
+            client,
+            claim_sql!(
+                "SELECT q.run_id, q.step_id
+                 FROM unnest($1::uuid[], $3::text[], $4::int[]) AS n (run_id, step_id, claims)
+                 JOIN jobs.queue q ON (q.run_id, q.step_id) = (n.run_id, n.step_id)
+                                  AND q.claims = n.claims - 1
+                 FOR UPDATE OF q"
+            ),
+            &[
+                UUIDARRAYOID.value(),
+                INT4OID.value(),
+                TEXTARRAYOID.value(),
+                INT4ARRAYOID.value(),
+            ],
+        );
+        client
+            .update(
+                replay,
+                None,
+                &[runs.into(), 0i32.into(), steps.into(), claims.into()],
+            )
+            .expect("replaying noted claims")
+            .len() as i64
+    })
+}
+
 /// Advances the claimed work round by round. Each round is one transaction:
 /// every run takes one step (or finishes, or parks), so a step always commits
 /// before its run's next step starts, and the steps of many runs share a commit.
 /// A run is loaded once and carried from round to round until it parks.
-/// Returns whether every round was quick.
-fn execute(claimed: Vec<Claimed>) -> bool {
+/// Returns whether every round was quick. The note of a `pending` claim is
+/// cleared once a round's commit has flushed the claim, or at the end.
+fn execute(
+    claimed: Vec<Claimed>,
+    mut pending: Option<PendingClaim>,
+    notes: &mut Option<NoteFile>,
+) -> bool {
     let (tasks, mut unloaded): (Vec<Claimed>, Vec<Claimed>) =
         claimed.into_iter().partition(|c| !c.step.is_empty());
     let mut tasks: VecDeque<Claimed> = tasks.into();
@@ -166,8 +294,24 @@ fn execute(claimed: Vec<Claimed>) -> bool {
             record::write_finished();
         });
         quick &= started.elapsed() < COMMIT_AFTER;
+        if pending.as_ref().is_some_and(PendingClaim::flushed) {
+            pending = None;
+            clear(notes);
+        }
+    }
+    if pending.is_some() {
+        // Unflushed still (nothing was written, or synchronous_commit is off),
+        // but no user code of this claim runs any more.
+        clear(notes);
     }
     quick
+}
+
+fn clear(notes: &mut Option<NoteFile>) {
+    if let Some(Err(e)) = notes.as_mut().map(NoteFile::clear) {
+        // A stale note could make the launcher count an attempt twice after a crash.
+        panic!("pg_jobs: clearing the claim note: {e}");
+    }
 }
 
 /// One round: parallel steps first, then each run one step further, until

@@ -10,7 +10,8 @@ use pgrx::bgworkers::{
 };
 use pgrx::prelude::*;
 
-use super::{attach_signal_handlers, handle_interrupts, in_transaction, wait};
+use super::{attach_signal_handlers, executor, handle_interrupts, in_transaction, wait};
+use crate::claim_notes;
 use crate::gucs::{self, MAX_WORKERS};
 use crate::shmem::shared;
 use crate::{api, cron, pgtime};
@@ -240,7 +241,16 @@ pub extern "C-unwind" fn pg_jobs_launcher_main(_arg: pg_sys::Datum) {
         let installed = in_transaction(extension_installed);
         if installed && !running {
             stop_orphaned_executors();
-            let released = in_transaction(release_all_claims);
+            let (replayed, released) =
+                in_transaction(|| (executor::replay_noted_claims(), release_all_claims()));
+            // Applied; kept, a note could be applied again by a later start of
+            // the launcher that no checkpoint separates from this one.
+            if let Err(e) = claim_notes::clear_all(claim_notes::directory()) {
+                panic!("pg_jobs: clearing claim notes: {e}");
+            }
+            if replayed > 0 {
+                log!("pg_jobs: {replayed} claim(s) lost with the WAL in a crash were noted; their attempts count as interrupted");
+            }
             if released > 0 {
                 log!("pg_jobs: resuming {released} run(s) that were in flight when the server stopped");
             }
@@ -282,6 +292,11 @@ fn supervise(executors: &mut [Option<DynamicBackgroundWorker>]) {
         match handle.pid() {
             Err(BackgroundWorkerStatus::Stopped) => {
                 *executor = None;
+                // It stopped without a crash, so its claim reaches the disk with
+                // the next WAL flush; its note must not outlive the release.
+                if let Err(e) = claim_notes::clear_slot(claim_notes::directory(), slot) {
+                    panic!("pg_jobs: clearing the claim note of executor {slot}: {e}");
+                }
                 stopped_pids.push(shared().workers[slot].last_pid.load(Ordering::SeqCst));
             }
             Ok(pid) if slot >= wanted => signal_stop(pid),
