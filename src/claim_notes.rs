@@ -61,6 +61,15 @@ struct Note {
     claimed: Vec<Noted>,
 }
 
+/// A note is its first line (JSON has no raw newline); what follows is left
+/// from longer notes. Files are overwritten in place, never truncated: on
+/// ext4, truncating a file with unwritten data starts writing it to disk.
+const CLEARED: &[u8] = b"\n";
+
+fn note_line(text: &[u8]) -> &[u8] {
+    text.split(|byte| *byte == b'\n').next().unwrap_or_default()
+}
+
 fn slot_path(directory: &Path, slot: usize) -> PathBuf {
     directory.join(format!("claims.{slot}"))
 }
@@ -88,13 +97,13 @@ impl NoteFile {
             claim,
             claimed: claimed.to_vec(),
         };
-        let text = serde_json::to_vec(&note).map_err(io::Error::other)?;
-        self.file.set_len(0)?;
+        let mut text = serde_json::to_vec(&note).map_err(io::Error::other)?;
+        text.push(b'\n');
         self.file.write_all_at(&text, 0)
     }
 
     pub fn clear(&mut self) -> io::Result<()> {
-        self.file.set_len(0)
+        self.file.write_all_at(CLEARED, 0)
     }
 }
 
@@ -105,7 +114,7 @@ pub fn clear_slot(directory: &Path, slot: usize) -> io::Result<()> {
         .write(true)
         .open(slot_path(directory, slot))
     {
-        Ok(file) => file.set_len(0),
+        Ok(file) => file.write_all_at(CLEARED, 0),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
@@ -134,8 +143,8 @@ pub fn read_lost(directory: &Path, timeline: u32, redo: u64) -> (Vec<Noted>, Vec
             continue;
         }
         match fs::read(&path) {
-            Ok(text) if text.is_empty() => {}
-            Ok(text) => match serde_json::from_slice::<Note>(&text) {
+            Ok(text) if note_line(&text).is_empty() => {}
+            Ok(text) => match serde_json::from_slice::<Note>(note_line(&text)) {
                 Ok(note) if lost(note.claim, timeline, redo) => noted.extend(note.claimed),
                 Ok(_) => {}
                 Err(e) => problems.push(format!("{}: {e}", path.display())),
@@ -158,7 +167,7 @@ pub fn clear_all(directory: &Path) -> io::Result<()> {
             OpenOptions::new()
                 .write(true)
                 .open(entry.path())?
-                .set_len(0)?;
+                .write_all_at(CLEARED, 0)?;
         }
     }
     Ok(())
