@@ -265,8 +265,8 @@ fn sigkill_between_two_steps_does_not_run_the_first_again() {
 
 /// A handler that kills its own process at once, as a bug in C code or the
 /// OOM killer would: each attempt takes the server down before the attempt's
-/// run commits anything, yet each one counts, and the run stops after its
-/// attempts instead of crashing the server forever.
+/// run commits anything, yet each one counts and is in the run's history, and
+/// the run stops after its attempts instead of crashing the server forever.
 #[test]
 fn code_that_crashes_the_server_at_once_stops_after_its_attempts() {
     let (cluster, _turn) = cluster();
@@ -308,6 +308,18 @@ fn code_that_crashes_the_server_at_once_stops_after_its_attempts() {
         .unwrap()
         .get(0);
     assert_eq!(sqlstate, "57P01");
+    let interrupted: Vec<(i32, String)> = c
+        .query(
+            "SELECT a.attempt, a.sqlstate FROM jobs.attempt_errors a JOIN jobs.runs r ON r.id = a.run_id
+             WHERE r.function_id = 'crash-at-once' ORDER BY a.attempt",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let expected: Vec<(i32, String)> = (0..3).map(|attempt| (attempt, "57P01".into())).collect();
+    assert_eq!(interrupted, expected, "one recorded failure per crash");
     let crashes = cluster.log().matches("terminated by signal 9").count() - crashes_before;
     assert_eq!(crashes, 3, "one crash per attempt\n{}", cluster.log());
 }

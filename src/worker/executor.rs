@@ -138,7 +138,7 @@ fn claim(limit: usize, noting: bool) -> (Vec<Claimed>, Option<Duration>) {
     if noting {
         gucs::set_for_transaction(c"synchronous_commit", c"off");
     }
-    Spi::connect_mut(|client| {
+    let claimed = Spi::connect_mut(|client| {
         let claim = prepared(
             &CLAIM,
             client,
@@ -150,26 +150,52 @@ fn claim(limit: usize, noting: bool) -> (Vec<Claimed>, Option<Duration>) {
             ),
             &[INT4OID.value(), INT4OID.value()],
         );
-        let claimed: Vec<Claimed> = client
-            .update(
-                claim,
-                None,
-                &[(limit as i32).into(), unsafe { pg_sys::MyProcPid }.into()],
-            )
-            .expect("claiming work")
-            .map(|row| {
-                let claims: i32 = row.get(3).ok().flatten().expect("claims");
-                Claimed {
-                    run: row.get(1).ok().flatten().expect("run_id"),
-                    step: row.get(2).ok().flatten().expect("step_id"),
-                    interrupted: claims > 1,
-                    claims,
-                }
-            })
-            .collect();
-        if !claimed.is_empty() {
-            return (claimed, None);
+        claimed_rows(
+            client
+                .update(
+                    claim,
+                    None,
+                    &[(limit as i32).into(), unsafe { pg_sys::MyProcPid }.into()],
+                )
+                .expect("claiming work"),
+        )
+    });
+    if claimed.is_empty() {
+        return (claimed, next_due());
+    }
+    record_interrupted(&claimed);
+    (claimed, None)
+}
+
+fn claimed_rows(rows: pgrx::spi::SpiTupleTable) -> Vec<Claimed> {
+    rows.map(|row| {
+        let claims: i32 = row.get(3).ok().flatten().expect("claims");
+        Claimed {
+            run: row.get(1).ok().flatten().expect("run_id"),
+            step: row.get(2).ok().flatten().expect("step_id"),
+            interrupted: claims > 1,
+            claims,
         }
+    })
+    .collect()
+}
+
+/// The interrupted attempts of claimed runs are recorded with the claim, before
+/// any user code: code that crashes the server every time leaves one row per crash.
+fn record_interrupted(claimed: &[Claimed]) {
+    let runs: Vec<pgrx::Uuid> = claimed
+        .iter()
+        .filter(|c| c.interrupted && c.step.is_empty())
+        .map(|c| c.run)
+        .collect();
+    if !runs.is_empty() {
+        record::interrupted_attempts(runs);
+    }
+}
+
+/// How soon the next unclaimed work is due, if there is any.
+fn next_due() -> Option<Duration> {
+    Spi::connect_mut(|client| {
         let next = prepared(
             &NEXT_DUE,
             client,
@@ -184,10 +210,7 @@ fn claim(limit: usize, noting: bool) -> (Vec<Claimed>, Option<Duration>) {
             .get_one()
             .ok()
             .flatten();
-        (
-            Vec::new(),
-            millis.map(|ms| Duration::from_millis(ms.max(0) as u64)),
-        )
+        millis.map(|ms| Duration::from_millis(ms.max(0) as u64))
     })
 }
 
@@ -242,7 +265,7 @@ pub fn replay_noted_claims() -> i64 {
     }
     let steps: Vec<String> = noted.iter().map(|n| n.step.clone()).collect();
     let claims: Vec<i32> = noted.iter().map(|n| n.claims).collect();
-    Spi::connect_mut(|client| {
+    let replayed = Spi::connect_mut(|client| {
         let replay = prepared(
             &REPLAY_CLAIMS,
             client,
@@ -260,15 +283,18 @@ pub fn replay_noted_claims() -> i64 {
                 INT4ARRAYOID.value(),
             ],
         );
-        client
-            .update(
-                replay,
-                None,
-                &[runs.into(), 0i32.into(), steps.into(), claims.into()],
-            )
-            .expect("replaying noted claims")
-            .len() as i64
-    })
+        claimed_rows(
+            client
+                .update(
+                    replay,
+                    None,
+                    &[runs.into(), 0i32.into(), steps.into(), claims.into()],
+                )
+                .expect("replaying noted claims"),
+        )
+    });
+    record_interrupted(&replayed);
+    replayed.len() as i64
 }
 
 /// Advances the claimed work round by round. Each round is one transaction:

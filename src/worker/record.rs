@@ -55,6 +55,7 @@ thread_local! {
     static INVOKE: StatementCache = const { StatementCache::new() };
     static HOLD: StatementCache = const { StatementCache::new() };
     static ATTEMPT_ERROR: StatementCache = const { StatementCache::new() };
+    static INTERRUPTED_ATTEMPTS: StatementCache = const { StatementCache::new() };
     static STEP: StatementCache = const { StatementCache::new() };
     static RELEASE: StatementCache = const { StatementCache::new() };
     static SLEEP: StatementCache = const { StatementCache::new() };
@@ -174,6 +175,19 @@ pub fn attempt_error(run: pgrx::Uuid, step: &str, attempt: i32, failure: &Failur
          VALUES ($1, $2, $3, $4->>'sqlstate', $4->>'message', $4->>'detail', $4->>'hint')
          ON CONFLICT DO NOTHING",
         vec![run.into(), step.into(), attempt.into(), failure_json(failure)],
+    );
+}
+
+/// Records the interrupted attempt of each of `runs`, just claimed again:
+/// the one before the attempt the claim started.
+pub fn interrupted_attempts(runs: Vec<pgrx::Uuid>) {
+    exec::<bool>(
+        &INTERRUPTED_ATTEMPTS,
+        "INSERT INTO jobs.attempt_errors (run_id, step_id, attempt, sqlstate, message, detail, hint)
+         SELECT r.id, '', r.attempt - 1, $2->>'sqlstate', $2->>'message', $2->>'detail', $2->>'hint'
+         FROM jobs.runs r WHERE r.id = ANY ($1)
+         ON CONFLICT DO NOTHING",
+        vec![runs.into(), failure_json(&Failure::interrupted())],
     );
 }
 

@@ -330,8 +330,7 @@ pub fn advance(run: &mut LoadedRun) -> Progress {
         return Progress::Done;
     }
     if std::mem::take(&mut run.interrupted) {
-        // The claim already counted the interrupted attempt.
-        record::attempt_error(run.id, "", run.attempt - 1, &Failure::interrupted());
+        // The claim counted and recorded the interrupted attempt.
         if run.attempt >= run.policy.max_attempts {
             finish(run, "failed", None, Some(&Failure::interrupted()));
             return Progress::Done;
