@@ -40,12 +40,14 @@ pub struct Claimed {
     /// The previous holder stopped without recording an outcome.
     pub interrupted: bool,
     claims: i32,
+    /// A run's row: the run, as the claim read it.
+    run_read: Option<run::ClaimedRun>,
 }
 
 /// What claiming does to the queue rows `picked` selects and to their runs;
 /// `$2` is the claiming executor's pid (0 when the launcher replays claims a
 /// crash lost, and releases them with the others in flight). Yields the
-/// claimed rows, oldest due first.
+/// claimed rows, oldest due first, with what advancing their runs needs.
 macro_rules! claim_sql {
     ($picked:literal) => {
         concat!(
@@ -54,13 +56,13 @@ macro_rules! claim_sql {
             "), claimed AS (
                 UPDATE jobs.queue q SET claimed_by = $2, claims = q.claims + 1
                 FROM picked WHERE (q.run_id, q.step_id) = (picked.run_id, picked.step_id)
-                RETURNING q.run_id, q.step_id, q.claims, q.due_at
+                RETURNING q.run_id, q.step_id, q.claims, q.due_at, q.cancelled
              ), started AS (
                 UPDATE jobs.runs r SET status = 'running', started_at = coalesce(r.started_at, now()),
                        attempt = r.attempt + (c.claims > 1)::int
                 FROM claimed c WHERE r.id = c.run_id AND c.step_id = ''
-             )
-             SELECT run_id, step_id, claims FROM claimed ORDER BY due_at"
+             ) ",
+            run::claimed_runs_select!()
         )
     };
 }
@@ -175,6 +177,7 @@ fn claimed_rows(rows: pgrx::spi::SpiTupleTable) -> Vec<Claimed> {
             step: row.get(2).ok().flatten().expect("step_id"),
             interrupted: claims > 1,
             claims,
+            run_read: run::claimed_run(&row, claims > 1),
         }
     })
     .collect()
@@ -308,9 +311,11 @@ fn execute(
     mut pending: Option<PendingClaim>,
     notes: &mut Option<NoteFile>,
 ) -> bool {
-    let (tasks, mut unloaded): (Vec<Claimed>, Vec<Claimed>) =
+    let (tasks, runs_read): (Vec<Claimed>, Vec<Claimed>) =
         claimed.into_iter().partition(|c| !c.step.is_empty());
     let mut tasks: VecDeque<Claimed> = tasks.into();
+    let mut unloaded: Vec<run::ClaimedRun> =
+        runs_read.into_iter().filter_map(|c| c.run_read).collect();
     let mut runs: Vec<run::LoadedRun> = Vec::new();
     let mut quick = true;
     while !unloaded.is_empty() || !runs.is_empty() || !tasks.is_empty() {
@@ -345,7 +350,7 @@ fn clear(notes: &mut Option<NoteFile>) {
 /// wait for the next round.
 fn round(
     tasks: &mut VecDeque<Claimed>,
-    unloaded: &mut Vec<Claimed>,
+    unloaded: &mut Vec<run::ClaimedRun>,
     runs: &mut Vec<run::LoadedRun>,
     started: Instant,
 ) {
@@ -356,7 +361,7 @@ fn round(
         }
     }
     run::check_cancellations(runs);
-    runs.extend(run::load(&std::mem::take(unloaded)));
+    runs.extend(run::load(std::mem::take(unloaded)));
     let mut next_round = Vec::new();
     let mut rest = std::mem::take(runs).into_iter();
     for mut loaded in rest.by_ref() {

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 
-use super::executor::Claimed;
 use super::invoke::{self, Failure, UserContext};
 use super::record::{self, StepUpdate};
 use super::report_activity;
@@ -24,7 +23,6 @@ use crate::shmem;
 thread_local! {
     static END_SUSPENSIONS: StatementCache = const { StatementCache::new() };
     static FIND_CANCELLED: StatementCache = const { StatementCache::new() };
-    static LOAD_RUNS: StatementCache = const { StatementCache::new() };
     static LOAD_STEPS: StatementCache = const { StatementCache::new() };
 }
 
@@ -137,73 +135,101 @@ fn stored_step(row: &pgrx::spi::SpiHeapTupleData) -> (pgrx::Uuid, String, String
     )
 }
 
-/// Loads the claimed runs (in order; one that is gone is left out) with the
-/// steps they have done. Whatever suspended a run is over, since it was due:
-/// a sleep ended, a wait or an invoke timed out (an event or a finished run
-/// would have ended the step already); such steps end now, unless the run is
-/// being cancelled.
-pub fn load(claimed: &[Claimed]) -> Vec<LoadedRun> {
-    if claimed.is_empty() {
-        return Vec::new();
-    }
-    let ids: Vec<pgrx::Uuid> = claimed.iter().map(|c| c.run).collect();
-    Spi::connect_mut(|client| {
-        let runs = prepared(
-            &LOAD_RUNS,
-            client,
-            "SELECT r.id, r.function_id, r.attempt,
-                    f.id IS NOT NULL, coalesce(f.paused, false), coalesce(f.max_attempts, 1),
-                    coalesce(f.backoff::text, '{}'), (extract(epoch FROM f.max_runtime) * 1000)::int8,
-                    f.owner::oid, coalesce(f.handler, ''),
-                    quote_ident(n.nspname) || '.' || quote_ident(p.proname),
-                    p.prorettype = 'pg_catalog.void'::pg_catalog.regtype,
-                    jsonb_build_object('event', ev.event, 'events', jsonb_build_array(ev.event),
-                        'run_id', r.id, 'function_id', r.function_id, 'attempt', r.attempt)::text,
-                    (SELECT q.cancelled::text FROM jobs.queue q WHERE q.run_id = r.id AND q.step_id = '')
-             FROM jobs.runs r
-             JOIN jobs.events e ON e.id = r.event_id
-             CROSS JOIN LATERAL (SELECT jsonb_build_object(
-                    'id', e.id, 'name', e.name, 'data', e.data, 'ts', e.ts) AS event) ev
-             LEFT JOIN jobs.functions f ON f.id = r.function_id
-             LEFT JOIN pg_proc p ON p.oid = to_regprocedure(f.handler)
-             LEFT JOIN pg_namespace n ON n.oid = p.pronamespace
-             WHERE r.id = ANY ($1)",
-            &[UUIDARRAYOID.value()],
-        );
-        let mut loaded: HashMap<pgrx::Uuid, LoadedRun> = HashMap::new();
-        for row in client
-            .select(runs, None, &[ids.clone().into()])
-            .expect("loading claimed runs")
-        {
-            let id: pgrx::Uuid = row.get(1).ok().flatten().expect("id");
-            let max_runtime: Option<i64> = row.get(8).ok().flatten();
-            let name: Option<String> = row.get(11).ok().flatten();
-            let returns_void: Option<bool> = row.get(12).ok().flatten();
-            let max_attempts: i32 = row.get(6).ok().flatten().expect("max_attempts");
-            let backoff: String = row.get(7).ok().flatten().expect("backoff");
-            loaded.insert(
-                id,
-                LoadedRun {
-                    id,
-                    interrupted: false,
-                    function_id: row.get(2).ok().flatten().expect("function_id"),
-                    attempt: row.get(3).ok().flatten().expect("attempt"),
-                    function_exists: row.get(4).ok().flatten().expect("exists"),
-                    paused: row.get(5).ok().flatten().expect("paused"),
-                    policy: Policy::new(max_attempts, &backoff),
-                    user: UserContext {
-                        owner: row.get(9).ok().flatten().unwrap_or(pg_sys::Oid::INVALID),
-                        max_runtime: max_runtime.map(|ms| Duration::from_millis(ms.max(1) as u64)),
-                    },
-                    call: name.map(|n| invoke::handler_call(&n, returns_void == Some(true))),
-                    handler: row.get(10).ok().flatten().expect("handler"),
-                    ctx: row.get(13).ok().flatten().expect("ctx"),
-                    cancelled: row.get(14).ok().flatten(),
-                    memos: HashMap::new(),
-                },
-            );
-        }
+/// The end of the claim statement (executor.rs): for each claimed row
+/// (`claimed c`: run_id, step_id, claims, due_at, cancelled), what advancing
+/// its run needs, read by `claimed_run`; NULL for a parallel step's row. The
+/// statement sees the runs as they were before it: the attempt the claim
+/// starts is computed, and a run not started before has no steps yet.
+macro_rules! claimed_runs_select {
+    () => {
+        "SELECT c.run_id, c.step_id, c.claims,
+                e.id IS NOT NULL, r.started_at IS NULL, r.function_id, r.attempt + (c.claims > 1)::int,
+                f.id IS NOT NULL, coalesce(f.paused, false), coalesce(f.max_attempts, 1),
+                coalesce(f.backoff::text, '{}'), (extract(epoch FROM f.max_runtime) * 1000)::int8,
+                f.owner::oid, coalesce(f.handler, ''),
+                quote_ident(n.nspname) || '.' || quote_ident(p.proname),
+                p.prorettype = 'pg_catalog.void'::pg_catalog.regtype,
+                jsonb_build_object('event', ev.event, 'events', jsonb_build_array(ev.event),
+                    'run_id', r.id, 'function_id', r.function_id,
+                    'attempt', r.attempt + (c.claims > 1)::int)::text,
+                c.cancelled::text
+         FROM claimed c
+         LEFT JOIN jobs.runs r ON r.id = c.run_id AND c.step_id = ''
+         LEFT JOIN jobs.events e ON e.id = r.event_id
+         LEFT JOIN LATERAL (SELECT jsonb_build_object(
+                'id', e.id, 'name', e.name, 'data', e.data, 'ts', e.ts) AS event) ev ON true
+         LEFT JOIN jobs.functions f ON f.id = r.function_id
+         LEFT JOIN pg_proc p ON p.oid = to_regprocedure(f.handler)
+         LEFT JOIN pg_namespace n ON n.oid = p.pronamespace
+         ORDER BY c.due_at"
+    };
+}
+pub(crate) use claimed_runs_select;
 
+/// The run of a row of `claimed_runs_select`, if the row is a run's and the
+/// run (with its event) is still there.
+pub fn claimed_run(row: &pgrx::spi::SpiHeapTupleData, interrupted: bool) -> Option<ClaimedRun> {
+    let id: pgrx::Uuid = row.get(1).ok().flatten().expect("run_id");
+    let step: String = row.get(2).ok().flatten().expect("step_id");
+    let exists: Option<bool> = row.get(4).ok().flatten();
+    if !step.is_empty() || exists != Some(true) {
+        return None;
+    }
+    let max_runtime: Option<i64> = row.get(12).ok().flatten();
+    let name: Option<String> = row.get(15).ok().flatten();
+    let returns_void: Option<bool> = row.get(16).ok().flatten();
+    let max_attempts: i32 = row.get(10).ok().flatten().expect("max_attempts");
+    let backoff: String = row.get(11).ok().flatten().expect("backoff");
+    Some(ClaimedRun {
+        fresh: row.get(5).ok().flatten().expect("fresh"),
+        run: LoadedRun {
+            id,
+            interrupted,
+            function_id: row.get(6).ok().flatten().expect("function_id"),
+            attempt: row.get(7).ok().flatten().expect("attempt"),
+            function_exists: row.get(8).ok().flatten().expect("exists"),
+            paused: row.get(9).ok().flatten().expect("paused"),
+            policy: Policy::new(max_attempts, &backoff),
+            user: UserContext {
+                owner: row.get(13).ok().flatten().unwrap_or(pg_sys::Oid::INVALID),
+                max_runtime: max_runtime.map(|ms| Duration::from_millis(ms.max(1) as u64)),
+            },
+            call: name.map(|n| invoke::handler_call(&n, returns_void == Some(true))),
+            handler: row.get(14).ok().flatten().expect("handler"),
+            ctx: row.get(17).ok().flatten().expect("ctx"),
+            cancelled: row.get(18).ok().flatten(),
+            memos: HashMap::new(),
+        },
+    })
+}
+
+/// A run as its claim read it.
+pub struct ClaimedRun {
+    /// Not started before this claim, so without steps.
+    fresh: bool,
+    run: LoadedRun,
+}
+
+/// Completes the claimed runs with the steps they have done. Whatever
+/// suspended a run is over, since it was due: a sleep ended, a wait or an
+/// invoke timed out (an event or a finished run would have ended the step
+/// already); such steps end now, unless the run is being cancelled.
+pub fn load(claimed: Vec<ClaimedRun>) -> Vec<LoadedRun> {
+    let ids: Vec<pgrx::Uuid> = claimed
+        .iter()
+        .filter(|c| !c.fresh)
+        .map(|c| c.run.id)
+        .collect();
+    let mut loaded: Vec<LoadedRun> = claimed.into_iter().map(|c| c.run).collect();
+    if ids.is_empty() {
+        return loaded;
+    }
+    let position: HashMap<pgrx::Uuid, usize> = loaded
+        .iter()
+        .enumerate()
+        .map(|(i, run)| (run.id, i))
+        .collect();
+    Spi::connect_mut(|client| {
         let steps = prepared(
             &LOAD_STEPS,
             client,
@@ -217,7 +243,7 @@ pub fn load(claimed: &[Claimed]) -> Vec<LoadedRun> {
             .expect("loading steps")
         {
             let (run, id, status, memo) = stored_step(&row);
-            let Some(loaded) = loaded.get_mut(&run) else {
+            let Some(loaded) = position.get(&run).map(|&i| &mut loaded[i]) else {
                 continue;
             };
             if matches!(status.as_str(), "sleeping" | "waiting") && loaded.cancelled.is_none() {
@@ -252,22 +278,13 @@ pub fn load(claimed: &[Claimed]) -> Vec<LoadedRun> {
                 .expect("ending suspensions")
             {
                 let (run, id, _, memo) = stored_step(&row);
-                if let Some(loaded) = loaded.get_mut(&run) {
-                    loaded.memos.insert(id, memo);
+                if let Some(&i) = position.get(&run) {
+                    loaded[i].memos.insert(id, memo);
                 }
             }
         }
-
-        claimed
-            .iter()
-            .filter_map(|c| {
-                loaded.remove(&c.run).map(|run| LoadedRun {
-                    interrupted: c.interrupted,
-                    ..run
-                })
-            })
-            .collect()
-    })
+    });
+    loaded
 }
 
 /// Runs carried from the last round are not loaded again; only whether
