@@ -106,6 +106,16 @@ pub struct UserContext {
     pub max_runtime: Option<Duration>,
 }
 
+impl UserContext {
+    /// From a function's stored owner and `max_runtime` in milliseconds.
+    pub fn new(owner: Option<pg_sys::Oid>, max_runtime_ms: Option<i64>) -> UserContext {
+        UserContext {
+            owner: owner.unwrap_or(pg_sys::Oid::INVALID),
+            max_runtime: max_runtime_ms.map(|ms| Duration::from_millis(ms.max(1) as u64)),
+        }
+    }
+}
+
 /// Largest step output (JSON text) kept in the history.
 const MAX_STEP_OUTPUT: usize = 4 * 1024 * 1024;
 

@@ -190,10 +190,7 @@ pub fn claimed_run(row: &pgrx::spi::SpiHeapTupleData, interrupted: bool) -> Opti
             function_exists: row.get(8).ok().flatten().expect("exists"),
             paused: row.get(9).ok().flatten().expect("paused"),
             policy: Policy::new(max_attempts, &backoff),
-            user: UserContext {
-                owner: row.get(13).ok().flatten().unwrap_or(pg_sys::Oid::INVALID),
-                max_runtime: max_runtime.map(|ms| Duration::from_millis(ms.max(1) as u64)),
-            },
+            user: UserContext::new(row.get(13).ok().flatten(), max_runtime),
             call: name.map(|n| invoke::handler_call(&n, returns_void == Some(true))),
             handler: row.get(14).ok().flatten().expect("handler"),
             ctx: row.get(17).ok().flatten().expect("ctx"),

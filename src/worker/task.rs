@@ -66,10 +66,7 @@ fn load(claimed: &Claimed) -> Option<Task> {
             function_exists: row.get(5).ok().flatten().expect("exists"),
             paused: row.get(6).ok().flatten().expect("paused"),
             policy: Policy::new(max_attempts, &backoff),
-            user: UserContext {
-                owner: row.get(10).ok().flatten().unwrap_or(pg_sys::Oid::INVALID),
-                max_runtime: max_runtime.map(|ms| Duration::from_millis(ms.max(1) as u64)),
-            },
+            user: UserContext::new(row.get(10).ok().flatten(), max_runtime),
         })
     })
 }
