@@ -37,11 +37,16 @@ thread_local! {
 pub struct Claimed {
     pub run: pgrx::Uuid,
     pub step: String,
-    /// The previous holder stopped without recording an outcome.
-    pub interrupted: bool,
     claims: i32,
     /// A run's row: the run, as the claim read it.
     run_read: Option<run::ClaimedRun>,
+}
+
+impl Claimed {
+    /// The previous holder stopped without recording an outcome.
+    pub fn interrupted(&self) -> bool {
+        self.claims > 1
+    }
 }
 
 /// What claiming does to the queue rows `picked` selects and to their runs;
@@ -171,13 +176,19 @@ fn claim(limit: usize, noting: bool) -> (Vec<Claimed>, Option<Duration>) {
 
 fn claimed_rows(rows: pgrx::spi::SpiTupleTable) -> Vec<Claimed> {
     rows.map(|row| {
+        let run = row.get(1).ok().flatten().expect("run_id");
+        let step: String = row.get(2).ok().flatten().expect("step_id");
         let claims: i32 = row.get(3).ok().flatten().expect("claims");
+        let run_read = if step.is_empty() {
+            run::claimed_run(&row, run, claims > 1)
+        } else {
+            None
+        };
         Claimed {
-            run: row.get(1).ok().flatten().expect("run_id"),
-            step: row.get(2).ok().flatten().expect("step_id"),
-            interrupted: claims > 1,
+            run,
+            step,
             claims,
-            run_read: run::claimed_run(&row, claims > 1),
+            run_read,
         }
     })
     .collect()
@@ -188,7 +199,7 @@ fn claimed_rows(rows: pgrx::spi::SpiTupleTable) -> Vec<Claimed> {
 fn record_interrupted(claimed: &[Claimed]) {
     let runs: Vec<pgrx::Uuid> = claimed
         .iter()
-        .filter(|c| c.interrupted && c.step.is_empty())
+        .filter(|c| c.interrupted() && c.step.is_empty())
         .map(|c| c.run)
         .collect();
     if !runs.is_empty() {

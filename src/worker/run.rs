@@ -166,13 +166,14 @@ macro_rules! claimed_runs_select {
 }
 pub(crate) use claimed_runs_select;
 
-/// The run of a row of `claimed_runs_select`, if the row is a run's and the
-/// run (with its event) is still there.
-pub fn claimed_run(row: &pgrx::spi::SpiHeapTupleData, interrupted: bool) -> Option<ClaimedRun> {
-    let id: pgrx::Uuid = row.get(1).ok().flatten().expect("run_id");
-    let step: String = row.get(2).ok().flatten().expect("step_id");
-    let exists: Option<bool> = row.get(4).ok().flatten();
-    if !step.is_empty() || exists != Some(true) {
+/// Run `id` from its row of `claimed_runs_select`, if it (with its event) is
+/// still there.
+pub fn claimed_run(
+    row: &pgrx::spi::SpiHeapTupleData,
+    id: pgrx::Uuid,
+    interrupted: bool,
+) -> Option<ClaimedRun> {
+    if row.get::<bool>(4).ok().flatten() != Some(true) {
         return None;
     }
     let max_runtime: Option<i64> = row.get(12).ok().flatten();

@@ -94,7 +94,7 @@ pub fn execute(claimed: &Claimed) {
         failure: None,
         elapsed: Duration::ZERO,
     };
-    let outcome = if claimed.interrupted {
+    let outcome = if claimed.interrupted() {
         Err(Failure::interrupted())
     } else {
         report_activity(
