@@ -21,6 +21,11 @@ pub fn set_in_nest_level(name: &CStr, value: &CStr) {
     set(name, value, pg_sys::GucAction::GUC_ACTION_SAVE);
 }
 
+/// Sets a PostgreSQL setting for the session, once the current transaction commits.
+pub fn set_for_session(name: &CStr, value: &CStr) {
+    set(name, value, pg_sys::GucAction::GUC_ACTION_SET);
+}
+
 /// Sets a PostgreSQL setting until the end of the current transaction.
 pub fn set_for_transaction(name: &CStr, value: &CStr) {
     set(name, value, pg_sys::GucAction::GUC_ACTION_LOCAL);

@@ -36,12 +36,7 @@ fn in_transaction<R>(f: impl FnOnce() -> R) -> R {
 fn use_own_settings() {
     in_transaction(|| {
         for (name, value) in crate::gucs::OWN_STATEMENT_SETTINGS {
-            let (name, value) = (name.to_str().unwrap(), value.to_str().unwrap());
-            Spi::get_one_with_args::<String>(
-                "SELECT pg_catalog.set_config($1, $2, false)",
-                &[name.into(), value.into()],
-            )
-            .unwrap_or_else(|e| panic!("setting {name}: {e}"));
+            crate::gucs::set_for_session(name, value);
         }
     });
 }
