@@ -727,6 +727,11 @@ mod tests {
             .contains("no \"cron\""));
         assert_eq!(err(json!({"cron": []})).key, "cron");
         assert_eq!(err(json!({"cron": 5})).key, "cron");
+        let e = err(json!({"cron": "*/60 * * * *"}));
+        assert_eq!(e.key, "cron");
+        assert!(e.message.contains("minute step"), "{e}");
+        let with_reboot = parse(&json!({"cron": ["@reboot", "0 3 * * *"]})).unwrap();
+        assert!(with_reboot.crons[0].is_reboot() && !with_reboot.crons[1].is_reboot());
     }
 
     #[test]
