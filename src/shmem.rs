@@ -34,6 +34,11 @@ pub struct WorkerSlot {
 pub struct Shared {
     launcher_pid: AtomicI32,
     launcher_heartbeat_ms: AtomicI64,
+    /// When shared memory was set up: at server start, and again when the
+    /// server restarts after a crash. The instant @reboot schedules run for.
+    started_at_us: AtomicI64,
+    /// The launcher has started this start's @reboot runs.
+    reboot_fired: AtomicBool,
     pub workers: [WorkerSlot; MAX_WORKERS],
 }
 
@@ -50,6 +55,12 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
 unsafe impl PGRXSharedMemory for Shared {}
 
 impl Default for Shared {
@@ -57,6 +68,8 @@ impl Default for Shared {
         Shared {
             launcher_pid: AtomicI32::new(0),
             launcher_heartbeat_ms: AtomicI64::new(0),
+            started_at_us: AtomicI64::new(now_us()),
+            reboot_fired: AtomicBool::new(false),
             workers: std::array::from_fn(|_| WorkerSlot {
                 pid: AtomicI32::new(0),
                 last_pid: AtomicI32::new(0),
@@ -172,6 +185,19 @@ impl Shared {
     pub fn launcher(&self) -> Option<(i32, i64)> {
         let pid = self.launcher_pid.load(Ordering::SeqCst);
         (pid != 0).then(|| (pid, self.launcher_heartbeat_ms.load(Ordering::Relaxed)))
+    }
+
+    /// This server start, in microseconds since 1970.
+    pub fn started_at_us(&self) -> i64 {
+        self.started_at_us.load(Ordering::SeqCst)
+    }
+
+    pub fn reboot_fired(&self) -> bool {
+        self.reboot_fired.load(Ordering::SeqCst)
+    }
+
+    pub fn set_reboot_fired(&self) {
+        self.reboot_fired.store(true, Ordering::SeqCst);
     }
 
     /// Wakes up to `count` idle executors.
