@@ -398,18 +398,19 @@ fn parse_cancel_on(value: &Value) -> Result<Vec<CancelOn>, ConfigError> {
 pub const MAX_INVOKERS: usize = 64;
 
 fn parse_invokers(value: &Value) -> Result<Vec<String>, ConfigError> {
-    let names: Vec<&Value> =
-        match value {
-            Value::String(_) => vec![value],
-            Value::Array(items) if items.len() <= MAX_INVOKERS => items.iter().collect(),
-            _ => return Err(invalid(
+    let names: Vec<&Value> = match value {
+        Value::String(_) => vec![value],
+        Value::Array(items) if items.len() <= MAX_INVOKERS => items.iter().collect(),
+        _ => {
+            return Err(invalid(
                 "invokers",
                 value,
                 format!(
                     "must be a role name, \"public\", or an array of up to {MAX_INVOKERS} of them"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     names
         .into_iter()
         .map(|name| match name {
@@ -765,6 +766,11 @@ mod tests {
             .contains("no \"cron\""));
         assert_eq!(err(json!({"cron": []})).key, "cron");
         assert_eq!(err(json!({"cron": 5})).key, "cron");
+        let e = err(json!({"cron": "*/60 * * * *"}));
+        assert_eq!(e.key, "cron");
+        assert!(e.message.contains("minute step"), "{e}");
+        let with_reboot = parse(&json!({"cron": ["@reboot", "0 3 * * *"]})).unwrap();
+        assert!(with_reboot.crons[0].is_reboot() && !with_reboot.crons[1].is_reboot());
     }
 
     #[test]

@@ -186,6 +186,11 @@ pub struct Shared {
     wanted_workers: AtomicI32,
     missing_workers: AtomicI32,
     owners: OwnerRegistry,
+    /// When shared memory was set up: at server start, and again when the
+    /// server restarts after a crash. The instant @reboot schedules run for.
+    started_at_us: AtomicI64,
+    /// The launcher has started this start's @reboot runs.
+    reboot_fired: AtomicBool,
     pub workers: [WorkerSlot; MAX_WORKERS],
 }
 
@@ -202,6 +207,12 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
 unsafe impl PGRXSharedMemory for Shared {}
 
 impl Default for Shared {
@@ -213,6 +224,8 @@ impl Default for Shared {
             wanted_workers: AtomicI32::new(0),
             missing_workers: AtomicI32::new(0),
             owners: OwnerRegistry::default(),
+            started_at_us: AtomicI64::new(now_us()),
+            reboot_fired: AtomicBool::new(false),
             workers: std::array::from_fn(|_| WorkerSlot::default()),
         }
     }
@@ -462,6 +475,19 @@ impl Shared {
             self.wanted_workers.load(Ordering::SeqCst).max(0) as usize,
             self.missing_workers.load(Ordering::SeqCst).max(0) as usize,
         )
+    }
+
+    /// This server start, in microseconds since 1970.
+    pub fn started_at_us(&self) -> i64 {
+        self.started_at_us.load(Ordering::SeqCst)
+    }
+
+    pub fn reboot_fired(&self) -> bool {
+        self.reboot_fired.load(Ordering::SeqCst)
+    }
+
+    pub fn set_reboot_fired(&self) {
+        self.reboot_fired.store(true, Ordering::SeqCst);
     }
 
     /// Wakes up to `count` idle executors.

@@ -336,7 +336,8 @@ fn store_function(definition: &Definition) -> bool {
 }
 
 /// Keeps the function's schedules in step with its config: an unchanged
-/// expression keeps its next fire time, a new one fires from now on.
+/// expression keeps its next fire time, a new one fires from now on. One
+/// without a next instant (@reboot) is due never ('infinity').
 fn store_schedules(id: &str, crons: &[crate::cron::Cron]) {
     let now = crate::pgtime::now();
     let expressions: Vec<&str> = crons.iter().map(|c| c.expression.as_str()).collect();
@@ -351,8 +352,7 @@ fn store_schedules(id: &str, crons: &[crate::cron::Cron]) {
             WHERE s.function_id = $1 AND s.expression <> ALL ($2::text[])
          )
          INSERT INTO jobs.cron_schedules (function_id, expression, timezone, next_fire_at)
-         SELECT $1, e, z, n FROM unnest($2::text[], $3::text[], $4::timestamptz[]) AS t (e, z, n)
-         WHERE n IS NOT NULL
+         SELECT $1, e, z, coalesce(n, 'infinity') FROM unnest($2::text[], $3::text[], $4::timestamptz[]) AS t (e, z, n)
          ON CONFLICT (function_id, expression) DO UPDATE SET
              timezone = excluded.timezone, next_fire_at = excluded.next_fire_at,
              last_fired_at = NULL, last_run_id = NULL

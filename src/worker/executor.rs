@@ -374,7 +374,7 @@ fn next_due() -> Option<Duration> {
             &NEXT_DUE,
             client,
             "SELECT (extract(epoch FROM min(due_at) - clock_timestamp()) * 1000)::int8
-             FROM jobs.queue WHERE claimed_by IS NULL AND NOT held",
+             FROM jobs.queue WHERE claimed_by IS NULL AND NOT held AND due_at < 'infinity'",
             &[],
         );
         let millis: Option<i64> = client

@@ -163,6 +163,56 @@ fn fire_due_schedules() {
     }
 }
 
+/// `@reboot` schedules: one run per server start, for the instant shared
+/// memory was set up. The launcher fires them once, after recovery; if it
+/// stops before it has noted that in shared memory, the next launcher finds
+/// the instant fired (jobs.cron_fires). Schedules added later wait for the
+/// next start; a paused function's run is skipped.
+fn fire_reboot_schedules(started: chrono::DateTime<chrono::Utc>) -> usize {
+    let schedules: Vec<(String, String, bool)> = Spi::connect_mut(|client| {
+        client
+            .update(
+                "SELECT s.function_id, s.expression, f.paused
+                 FROM jobs.cron_schedules s JOIN jobs.functions f ON f.id = s.function_id
+                 WHERE s.next_fire_at = 'infinity'
+                 FOR UPDATE OF s",
+                None,
+                &[],
+            )
+            .expect("finding @reboot schedules")
+            .map(|row| {
+                (
+                    row.get(1).ok().flatten().expect("function_id"),
+                    row.get(2).ok().flatten().expect("expression"),
+                    row.get(3).ok().flatten().expect("paused"),
+                )
+            })
+            .collect()
+    });
+    let mut fired = 0;
+    for (function_id, expression, paused) in schedules {
+        let reboot = cron::parse(&expression, chrono_tz::Tz::UTC).is_ok_and(|c| c.is_reboot());
+        if paused || !reboot {
+            continue;
+        }
+        if let Some(run) = fire(&function_id, &expression, started) {
+            Spi::run_with_args(
+                "UPDATE jobs.cron_schedules SET last_fired_at = $3, last_run_id = $4
+                 WHERE function_id = $1 AND expression = $2",
+                &[
+                    function_id.as_str().into(),
+                    expression.as_str().into(),
+                    pgtime::to_pg(started).into(),
+                    run.into(),
+                ],
+            )
+            .expect("recording a @reboot run");
+            fired += 1;
+        }
+    }
+    fired
+}
+
 /// Starts the run for one scheduled instant, unless the function already has one for it.
 fn fire(
     function_id: &str,
@@ -205,7 +255,8 @@ fn fire(
 /// How long until the next schedule is due.
 fn next_schedule_in() -> Option<Duration> {
     Spi::get_one::<i64>(
-        "SELECT (extract(epoch FROM min(next_fire_at) - clock_timestamp()) * 1000)::int8 FROM jobs.cron_schedules",
+        "SELECT (extract(epoch FROM min(next_fire_at) - clock_timestamp()) * 1000)::int8
+         FROM jobs.cron_schedules WHERE next_fire_at < 'infinity'",
     )
     .expect("finding the next schedule")
     .map(|ms| Duration::from_millis(ms.max(0) as u64))
@@ -275,6 +326,15 @@ pub extern "C-unwind" fn pg_jobs_launcher_main(_arg: pg_sys::Datum) {
                 log!("pg_jobs: resuming {released} run(s) that were in flight when the server stopped");
             }
             in_transaction(crate::owners::refresh_registry);
+            if !shared().reboot_fired() {
+                let started = chrono::DateTime::from_timestamp_micros(shared().started_at_us())
+                    .expect("the server's start time");
+                let fired = in_transaction(|| fire_reboot_schedules(started)).unwrap_or(0);
+                shared().set_reboot_fired();
+                if fired > 0 {
+                    log!("pg_jobs: {fired} @reboot schedule(s) started a run for the server start at {started}");
+                }
+            }
             running = true;
         } else if !installed && running {
             // The executors stop by themselves at their next transaction
