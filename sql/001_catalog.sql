@@ -9,12 +9,6 @@ CREATE TABLE jobs.functions (
     config      jsonb NOT NULL DEFAULT '{}',
     -- Role whose privileges the handler runs with: the one that defined the function.
     owner       regrole NOT NULL,
-    -- Owner of the handler when the function was defined: a handler that
-    -- another role re-created under the same name never runs.
-    handler_owner regrole NOT NULL,
-    -- Roles besides the owner's members that may invoke it (config key
-    -- "invokers"; '-', role 0, stands for PUBLIC).
-    invokers    regrole[] NOT NULL DEFAULT '{}',
     paused      boolean NOT NULL DEFAULT false,
     -- Derived from config by create_function, so that the executor does not parse it.
     max_attempts int NOT NULL,
@@ -27,7 +21,13 @@ CREATE TABLE jobs.functions (
     -- Set on the function create_function made for another's on_failure.
     failure_of  text,
     created_at  timestamptz NOT NULL DEFAULT now(),
-    updated_at  timestamptz NOT NULL DEFAULT now()
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    -- Owner of the handler when the function was defined: a handler that
+    -- another role re-created under the same name never runs.
+    handler_owner regrole NOT NULL,
+    -- Roles besides the owner's members that may invoke it (config key
+    -- "invokers"; '-', role 0, stands for PUBLIC).
+    invokers    regrole[] NOT NULL DEFAULT '{}'
 );
 
 -- Event triggers of each function: an exact name, or the prefix of a wildcard

@@ -85,8 +85,19 @@ fn invalid(key: &str, value: &Value, message: impl Into<String>) -> ConfigError 
     ConfigError {
         kind: ErrorKind::Invalid,
         key: key.to_string(),
-        value: value.to_string(),
+        value: shown(&value.to_string()),
         message: message.into(),
+    }
+}
+
+/// Most characters of a value an error message quotes.
+const SHOWN: usize = 200;
+
+/// The start of `text`, so that an error about a huge value stays readable.
+pub fn shown(text: &str) -> String {
+    match text.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
     }
 }
 
@@ -167,7 +178,7 @@ pub fn parse(config: &Value) -> Result<FunctionConfig, ConfigError> {
         return Err(ConfigError {
             kind: ErrorKind::NotSupportedYet,
             key: key.clone(),
-            value: value.to_string(),
+            value: shown(&value.to_string()),
             message: "not supported yet by this version of pg_jobs".into(),
         });
     }

@@ -71,10 +71,12 @@ pub struct Expression {
     expr: IdedExpr,
 }
 
+/// An expression's source and the names it may use.
+type CacheKey = (String, &'static [&'static str]);
+
 thread_local! {
     static ENV: Arc<Env> = Arc::new(Env::stdlib());
-    static CACHE: RefCell<HashMap<(String, &'static [&'static str]), Rc<Expression>>> =
-        RefCell::new(HashMap::new());
+    static CACHE: RefCell<HashMap<CacheKey, Rc<Expression>>> = RefCell::new(HashMap::new());
 }
 
 /// Parses and checks `source`: valid CEL within the bounds above, naming only
@@ -123,11 +125,18 @@ pub fn compile(source: &str, roots: &[&str]) -> Result<Expression, ExprError> {
     })
 }
 
+/// The parser's message, without ANTLR's list of every token it expected.
 fn describe_parse_error(message: &str) -> String {
+    let message = message.strip_prefix("Syntax error: ").unwrap_or(message);
     if message.contains("Recursion limit") {
-        "the expression nests too deeply".to_string()
-    } else {
-        message.to_string()
+        return "the expression nests too deeply".to_string();
+    }
+    if message.starts_with("mismatched input '<EOF>'") {
+        return "unexpected end of the expression".to_string();
+    }
+    match message.split_once(" expecting {") {
+        Some((start, _)) => start.to_string(),
+        None => message.to_string(),
     }
 }
 
@@ -416,7 +425,8 @@ mod tests {
         assert!(e.message.contains("can use \"event\""), "{e}");
         let e = compile("event.data.a = 1", EVENT).unwrap_err();
         assert_eq!(e.position, 14, "{e}");
-        assert!(compile("event.data.a == ", EVENT).is_err());
+        let e = compile("event.data.a == ", EVENT).unwrap_err();
+        assert!(e.message.contains("end of the expression"), "{e}");
         assert!(compile("(event.data.a == 1", EVENT).is_err());
         assert!(compile("event.data.name == 'abc", EVENT).is_err());
         assert!(compile("   ", EVENT).unwrap_err().message.contains("empty"));

@@ -42,15 +42,22 @@ extern "C" {
     fn atexit(callback: extern "C" fn()) -> i32;
 }
 
-/// PostgreSQL refuses to run as root: then every server command runs as `postgres`.
+/// PostgreSQL refuses to run as root: then every server command runs as
+/// `postgres`. Servers get the environment a service manager would give them:
+/// no RUST_BACKTRACE, which makes every error raised through Rust code record
+/// a stack trace.
 fn as_server_user(program: &Path) -> Command {
-    if is_root() {
+    let mut command = if is_root() {
         let mut command = Command::new("runuser");
         command.args(["-u", "postgres", "--"]).arg(program);
         command
     } else {
         Command::new(program)
-    }
+    };
+    command
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE");
+    command
 }
 
 fn pg_ctl(bin_dir: &Path, data_dir: &Path, args: &[&str]) -> std::process::Output {
@@ -325,10 +332,13 @@ pub fn wait_for_runs(client: &mut Client, function_id: &str, count: usize) -> Ve
         if last.len() == count && finished == count {
             return last;
         }
-        assert!(
-            Instant::now() < deadline,
-            "runs of {function_id} did not finish: {last:?}"
-        );
+        if Instant::now() >= deadline {
+            let mut by_status = std::collections::BTreeMap::new();
+            for status in &last {
+                *by_status.entry(status.as_str()).or_insert(0) += 1;
+            }
+            panic!("{count} runs of {function_id} did not finish: {by_status:?}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }

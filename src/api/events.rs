@@ -638,15 +638,27 @@ pub enum Started {
 /// `data`), whatever its triggers: `jobs/function.invoked`, `jobs/scheduled.timer`.
 /// `data` is a JSON object.
 pub fn start_run(function_id: &str, name: &str, data: JsonbDatum, origin: Origin) -> Started {
-    let found = Spi::get_three_with_args::<bool, String, bool>(
-        "SELECT f.paused, f.cancel_on::text,
-                $2::oid IS NULL OR pg_has_role($2, f.owner, 'MEMBER') OR 0::oid = ANY (f.invokers::oid[])
-                    OR EXISTS (SELECT FROM unnest(f.invokers) r WHERE r::oid <> 0 AND pg_has_role($2, r, 'MEMBER'))
-         FROM (SELECT 1) one LEFT JOIN jobs.functions f ON f.id = $1",
-        &[function_id.into(), origin.invoker.into()],
-    )
-    .unwrap_or_else(|e| panic!("looking up function {function_id}: {e}"));
-    let (Some(held), cancel_on, Some(allowed)) = found else {
+    let found = Spi::connect(|client| {
+        let row = client
+            .select(
+                "SELECT f.paused, f.cancel_on::text,
+                        $2::oid IS NULL OR pg_has_role($2, f.owner, 'MEMBER') OR 0::oid = ANY (f.invokers::oid[])
+                            OR EXISTS (SELECT FROM unnest(f.invokers) r WHERE r::oid <> 0 AND pg_has_role($2, r, 'MEMBER')),
+                        f.owner::oid
+                 FROM (SELECT 1) one LEFT JOIN jobs.functions f ON f.id = $1",
+                None,
+                &[function_id.into(), origin.invoker.into()],
+            )
+            .unwrap_or_else(|e| panic!("looking up function {function_id}: {e}"))
+            .first();
+        (
+            row.get::<bool>(1).ok().flatten(),
+            row.get::<String>(2).ok().flatten(),
+            row.get::<bool>(3).ok().flatten(),
+            row.get::<pg_sys::Oid>(4).ok().flatten(),
+        )
+    });
+    let (Some(held), cancel_on, Some(allowed), owner) = found else {
         return Started::NoSuchFunction;
     };
     if !allowed {
@@ -657,7 +669,8 @@ pub fn start_run(function_id: &str, name: &str, data: JsonbDatum, origin: Origin
         data: data.0,
         dedup_id: None,
         ts: None,
-        owner: None,
+        // It concerns one function: shown to its owner only.
+        owner,
     };
     let target = Target {
         run: new_id(),

@@ -136,3 +136,37 @@ pub fn check(client: &pgrx::spi::SpiClient<'_>, prefix: &str, name: &str, data: 
     }
     invalid(message)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    /// On a 256 KiB stack, a 32nd of a backend's: deep and cyclic schemas
+    /// compile or fail, and validate, without exhausting it.
+    #[test]
+    fn deep_and_cyclic_schemas_are_safe() {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                let mut schema = json!({"type": "object"});
+                let mut data = json!({});
+                for _ in 0..60 {
+                    schema = json!({"type": "object", "properties": {"a": schema}});
+                    data = json!({"a": data});
+                }
+                let validator = super::compile(&schema).expect("a deep schema compiles");
+                assert!(crate::stack::deep(|| validator.is_valid(&data)));
+                let cyclic = json!({"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}},
+                                    "$ref": "#/$defs/a"});
+                if let Ok(validator) = super::compile(&cyclic) {
+                    let _ = crate::stack::deep(|| validator.is_valid(&json!({"x": 1})));
+                }
+                let recursive = json!({"type": "object", "properties": {"a": {"$ref": "#"}}});
+                let validator = super::compile(&recursive).expect("a recursive schema compiles");
+                assert!(crate::stack::deep(|| validator.is_valid(&data)));
+            })
+            .unwrap()
+            .join()
+            .expect("no stack overflow");
+    }
+}

@@ -240,7 +240,10 @@ fn wait_for_event_internal(
     });
     if let Some(source) = condition {
         if let Err(e) = crate::expr::compile(source, crate::expr::EVENT_AND_ASYNC) {
-            invalid(format!("{FUNCTION}: condition \"{source}\": {e}"))
+            invalid(format!(
+                "{FUNCTION}: condition \"{}\": {e}",
+                crate::config::shown(source)
+            ))
         }
     }
     let condition = condition.map(str::to_string);

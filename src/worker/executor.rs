@@ -9,8 +9,8 @@ use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 
 use super::{
-    attach_signal_handlers, handle_interrupts, in_transaction, record, report_activity, run, task,
-    wait,
+    attach_signal_handlers, handle_interrupts, in_transaction, invoke, record, report_activity,
+    run, task, wait,
 };
 use crate::api::{prepared, StatementCache};
 use crate::claim_notes::{self, NoteFile, Noted, WalPosition};
@@ -484,22 +484,20 @@ fn execute(
 ) -> bool {
     let (tasks, runs_read): (Vec<Claimed>, Vec<Claimed>) =
         claimed.into_iter().partition(|c| !c.step.is_empty());
-    let mut tasks: VecDeque<Claimed> = tasks.into();
-    let mut unloaded: Vec<run::ClaimedRun> =
-        runs_read.into_iter().filter_map(|c| c.run_read).collect();
-    let mut runs: Vec<run::LoadedRun> = Vec::new();
-    let mut taken_over = Vec::new();
+    let mut work = Work {
+        tasks: tasks.into(),
+        unloaded: runs_read.into_iter().filter_map(|c| c.run_read).collect(),
+        ..Work::default()
+    };
     let mut quick = true;
-    while !unloaded.is_empty() || !runs.is_empty() || !tasks.is_empty() {
+    while work.remains() {
         let started = Instant::now();
         in_transaction(|| {
-            round(
-                &mut tasks,
-                &mut unloaded,
-                &mut runs,
-                &mut taken_over,
-                started,
-            );
+            match (work.alone_tasks.pop(), work.alone_runs.pop()) {
+                (Some(task), _) => alone_task(task),
+                (None, Some(run)) => alone_run(run, &mut work.runs),
+                (None, None) => round(&mut work, started),
+            }
             record::write_finished();
         })
         .unwrap_or_else(|| extension_gone());
@@ -509,6 +507,7 @@ fn execute(
             clear(notes);
         }
     }
+    let taken_over = work.taken_over;
     if !taken_over.is_empty() {
         // Items another executor marked as its own but could not claim (it
         // failed, or they were locked) would otherwise stay claimed by this one.
@@ -529,44 +528,91 @@ fn clear(notes: &mut Option<NoteFile>) {
     }
 }
 
+/// What remains of a claim, from round to round.
+#[derive(Default)]
+struct Work {
+    tasks: VecDeque<Claimed>,
+    unloaded: Vec<run::ClaimedRun>,
+    runs: Vec<run::LoadedRun>,
+    /// Items another executor took over while this one was stuck.
+    taken_over: Vec<(pgrx::Uuid, String)>,
+    /// Items whose code waited for a lock in a round shared with others:
+    /// each goes on in a transaction of its own.
+    alone_tasks: Vec<Claimed>,
+    alone_runs: Vec<run::LoadedRun>,
+}
+
+impl Work {
+    fn remains(&self) -> bool {
+        !(self.unloaded.is_empty()
+            && self.runs.is_empty()
+            && self.tasks.is_empty()
+            && self.alone_tasks.is_empty()
+            && self.alone_runs.is_empty())
+    }
+}
+
 /// One round: parallel steps first, then each run one step further, until
 /// the round has taken `COMMIT_AFTER` or must commit now. Runs not reached
-/// wait for the next round.
-fn round(
-    tasks: &mut VecDeque<Claimed>,
-    unloaded: &mut Vec<run::ClaimedRun>,
-    runs: &mut Vec<run::LoadedRun>,
-    taken_over: &mut Vec<(pgrx::Uuid, String)>,
-    started: Instant,
-) {
+/// wait for the next round. Code that waits for a lock once other work of
+/// the round is done is rolled back and set aside for a round of its own
+/// (invoke.rs), so that nothing done waits for its commit behind a lock.
+fn round(work: &mut Work, started: Instant) {
     let slot = super::slot().expect("an executor has a slot");
-    while let Some(claimed) = tasks.pop_front() {
-        if slot.start(claimed.batch_index) {
-            task::execute(&claimed);
+    let mut shared = false;
+    while let Some(claimed) = work.tasks.pop_front() {
+        if !slot.start(claimed.batch_index) {
+            work.taken_over.push((claimed.run, claimed.step));
+            continue;
+        }
+        invoke::set_shared_round(shared);
+        if task::execute(&claimed) {
+            shared = true;
         } else {
-            taken_over.push((claimed.run, claimed.step));
+            work.alone_tasks.push(claimed);
         }
         if started.elapsed() >= COMMIT_AFTER {
             return;
         }
     }
-    run::check_cancellations(runs);
-    runs.extend(run::load(std::mem::take(unloaded)));
+    run::check_cancellations(&mut work.runs);
+    work.runs
+        .extend(run::load(std::mem::take(&mut work.unloaded)));
     let mut next_round = Vec::new();
-    let mut rest = std::mem::take(runs).into_iter();
+    let mut rest = std::mem::take(&mut work.runs).into_iter();
     for mut loaded in rest.by_ref() {
         if !slot.start(loaded.batch_index) {
             // Taken over by another executor while this one was stuck.
-            taken_over.push((loaded.id, String::new()));
+            work.taken_over.push((loaded.id, String::new()));
             continue;
         }
-        if run::advance(&mut loaded) == run::Progress::Continue {
-            next_round.push(loaded);
+        invoke::set_shared_round(shared);
+        match run::advance(&mut loaded) {
+            run::Progress::Continue => next_round.push(loaded),
+            run::Progress::Done => {}
+            run::Progress::Alone => {
+                work.alone_runs.push(loaded);
+                continue;
+            }
         }
+        shared = true;
         if run::must_commit_now() || started.elapsed() >= COMMIT_AFTER {
             break;
         }
     }
     next_round.extend(rest);
-    *runs = next_round;
+    work.runs = next_round;
+}
+
+fn alone_task(task: Claimed) {
+    invoke::set_shared_round(false);
+    task::execute(&task);
+}
+
+fn alone_run(mut loaded: run::LoadedRun, runs: &mut Vec<run::LoadedRun>) {
+    invoke::set_shared_round(false);
+    run::check_cancellations(std::slice::from_mut(&mut loaded));
+    if run::advance(&mut loaded) == run::Progress::Continue {
+        runs.push(loaded);
+    }
 }

@@ -19,6 +19,9 @@ pub struct Failure {
     pub hint: Option<String>,
     /// `jobs.cancel_run` interrupted the code: the run ends cancelled.
     pub cancelled: bool,
+    /// The code waited for a lock while other runs' work waited in the same
+    /// transaction: not an attempt; it runs again in a transaction of its own.
+    pub isolate: bool,
 }
 
 impl Failure {
@@ -29,6 +32,7 @@ impl Failure {
             detail: None,
             hint: None,
             cancelled: false,
+            isolate: false,
         }
     }
 
@@ -71,6 +75,7 @@ impl Failure {
                 detail: report.detail().map(str::to_string),
                 hint: report.hint().map(str::to_string),
                 cancelled: false,
+                isolate: false,
             },
             CaughtError::RustPanic { ereport, .. } => {
                 Failure::new("XX000", ereport.message().to_string())
@@ -104,6 +109,7 @@ mod timeout {
     use std::ffi::c_int;
 
     // `TimeoutId` in utils/timeout.h; its first entries have kept their order since PostgreSQL 9.3.
+    pub const LOCK_TIMEOUT: c_int = 2;
     pub const STATEMENT_TIMEOUT: c_int = 3;
 
     extern "C-unwind" {
@@ -139,6 +145,24 @@ impl UserContext {
     }
 }
 
+/// Longest a call of user code may wait for a lock while the work of other
+/// runs waits for the same commit; then it is rolled back and run again in a
+/// transaction of its own, where it may wait as long as it likes.
+const SHARED_LOCK_WAIT: &std::ffi::CStr = c"100ms";
+const SHARED_LOCK_WAIT_MS: i32 = 100;
+
+thread_local! {
+    /// The executor's transaction holds other runs' work (worker/executor.rs).
+    static IN_SHARED_ROUND: Cell<bool> = const { Cell::new(false) };
+    /// The current call's lock waits are bounded by `SHARED_LOCK_WAIT`.
+    static LOCK_WAIT_BOUNDED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the calls that follow share their transaction with other runs' work.
+pub fn set_shared_round(shared: bool) {
+    IN_SHARED_ROUND.with(|c| c.set(shared));
+}
+
 /// Set while user code runs: only then does SIGINT (jobs.cancel_run)
 /// interrupt anything. Read by the signal handler.
 static IN_USER_CODE: AtomicBool = AtomicBool::new(false);
@@ -146,16 +170,26 @@ static IN_USER_CODE: AtomicBool = AtomicBool::new(false);
 static CANCEL_DELIVERED: AtomicBool = AtomicBool::new(false);
 
 /// SIGINT: `jobs.cancel_run` asks this executor to interrupt the code of the
-/// run it is executing. Outside user code, or for another run, nothing
-/// happens (the executor checks for cancellations between steps anyway).
-pub extern "C-unwind" fn on_interrupt_signal(_signal: std::ffi::c_int) {
-    if IN_USER_CODE.load(Ordering::SeqCst) && super::cancel_requested() {
+/// run it is executing, or `max_runtime` or a lock timeout ran out
+/// (PostgreSQL's timeouts signal their own process). Outside user code, or
+/// for another run, nothing happens (the executor checks for cancellations
+/// between steps anyway).
+pub extern "C-unwind" fn on_interrupt_signal(signal: std::ffi::c_int) {
+    extern "C-unwind" {
+        fn StatementCancelHandler(signal: std::ffi::c_int);
+    }
+    if !IN_USER_CODE.load(Ordering::SeqCst) {
+        return;
+    }
+    if super::cancel_requested() {
         CANCEL_DELIVERED.store(true, Ordering::SeqCst);
-        unsafe {
-            pg_sys::QueryCancelPending = 1;
-            pg_sys::InterruptPending = 1;
-            pg_sys::SetLatch(pg_sys::MyLatch);
-        }
+    }
+    let timed_out = unsafe {
+        timeout::get_timeout_indicator(timeout::STATEMENT_TIMEOUT, false)
+            || timeout::get_timeout_indicator(timeout::LOCK_TIMEOUT, false)
+    };
+    if timed_out || CANCEL_DELIVERED.load(Ordering::SeqCst) {
+        unsafe { StatementCancelHandler(signal) };
     }
 }
 
@@ -254,6 +288,7 @@ fn in_subtransaction(
             return Err(Failure::cancelled());
         }
         let mut failure = Failure::from_caught(error, RAISED_SQLSTATE.with(Cell::get));
+        failure.isolate = failure.sqlstate == "55P03" && LOCK_WAIT_BOUNDED.with(Cell::get);
         // Only the max_runtime timer arms the statement timeout in an executor.
         let timed_out =
             failure.sqlstate == "57014" && failure.message.contains("statement timeout");
@@ -318,6 +353,13 @@ fn as_owner<R>(user: &UserContext, f: impl FnOnce() -> R) -> R {
     for (name, _) in crate::gucs::OWN_STATEMENT_SETTINGS {
         crate::gucs::reset_in_nest_level(name);
     }
+    let configured_lock_wait = unsafe { pg_sys::LockTimeout };
+    let bound_lock_wait = IN_SHARED_ROUND.with(Cell::get)
+        && (configured_lock_wait == 0 || configured_lock_wait > SHARED_LOCK_WAIT_MS);
+    if bound_lock_wait {
+        crate::gucs::set_in_nest_level(c"lock_timeout", SHARED_LOCK_WAIT);
+    }
+    LOCK_WAIT_BOUNDED.with(|c| c.set(bound_lock_wait));
     unsafe {
         if let Some(limit) = user.max_runtime {
             timeout::enable_timeout_after(

@@ -32,6 +32,9 @@ pub enum Progress {
     Continue,
     /// The run finished, or waits in the queue (retry, sleep, parallel steps, pause).
     Done,
+    /// Its code waited for a lock while other runs' work waited for the same
+    /// commit: rolled back, not an attempt; it goes on in a transaction alone.
+    Alone,
 }
 
 thread_local! {
@@ -403,6 +406,9 @@ pub fn advance(run: &mut LoadedRun) -> Progress {
         replay::during(replay, || invoke::call_handler(&run.user, call, &run.ctx));
     run.memos = memos;
     if let Err(failure) = &result {
+        if failure.isolate {
+            return Progress::Alone;
+        }
         if failure.cancelled {
             return cancel_now(run);
         }
@@ -623,6 +629,7 @@ fn run_step(run: &mut LoadedRun, step: PlannedStep) -> Progress {
             record_step(run, StepUpdate { output, ..update });
             Progress::Continue
         }
+        Err(failure) if failure.isolate => Progress::Alone,
         Err(failure) if failure.cancelled => {
             record::attempt_error(run.id, &step.id, step.attempts, &failure);
             cancel_now(run)

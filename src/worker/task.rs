@@ -77,17 +77,21 @@ fn load(claimed: &Claimed) -> Option<Task> {
     })
 }
 
-pub fn execute(claimed: &Claimed) {
-    let Some(task) = load(claimed) else { return };
+/// Runs the step; false when it must run again in a transaction of its own
+/// (its SQL waited for a lock while other work waited for the same commit).
+pub fn execute(claimed: &Claimed) -> bool {
+    let Some(task) = load(claimed) else {
+        return true;
+    };
     let (run, step) = (claimed.run, claimed.step.as_str());
     if !task.function_exists {
         // The run is cancelled with its function; its steps just go.
         record::task_done(run, step);
-        return;
+        return true;
     }
     if task.paused {
         record::hold(run, step);
-        return;
+        return true;
     }
     let update = StepUpdate {
         run,
@@ -113,6 +117,7 @@ pub fn execute(claimed: &Claimed) {
         result.map(|output| (output, started.elapsed()))
     };
     match outcome {
+        Err(failure) if failure.isolate => return false,
         Ok((output, elapsed)) => {
             record::step(&StepUpdate {
                 output,
@@ -141,6 +146,7 @@ pub fn execute(claimed: &Claimed) {
             }
         }
     }
+    true
 }
 
 /// The step is done or failed for good; the run resumes after its last step.
