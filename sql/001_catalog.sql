@@ -27,7 +27,9 @@ CREATE TABLE jobs.functions (
     handler_owner regrole NOT NULL,
     -- Roles besides the owner's members that may invoke it (config key
     -- "invokers"; '-', role 0, stands for PUBLIC).
-    invokers    regrole[] NOT NULL DEFAULT '{}'
+    invokers    regrole[] NOT NULL DEFAULT '{}',
+    -- Flow control (concurrency, throttle, ...), checked: see src/flow/mod.rs.
+    flow        jsonb
 );
 
 -- Event triggers of each function: an exact name, or the prefix of a wildcard
@@ -156,10 +158,37 @@ CREATE TABLE jobs.queue (
     -- Set when the run is to be cancelled ({"message", ...}); the executor
     -- cancels it at its next round, after any step it is running.
     cancelled   jsonb,
+    -- Concurrency: the keys whose slots the work takes while it is claimed
+    -- (each key's slots are the claimed rows that name it), with their limits.
+    ckey1       text,
+    lim1        int,
+    ckey2       text,
+    lim2        int,
+    -- The key the work waits for a slot of; such work leaves the runnable
+    -- index until a slot of that key frees.
+    blocked_on  text,
+    -- Throttle: the key of a run not started yet that must reserve its start.
+    throttle_key text,
+    -- timeouts.start: cancelled if not started by then; timeouts.finish: the
+    -- time allowed once started, and the deadline it gives at the first claim.
+    start_by    timestamptz,
+    finish_within interval,
+    finish_by   timestamptz,
+    -- The claim must decide about this work (concurrency slots, throttle).
+    admit       boolean GENERATED ALWAYS AS (ckey1 IS NOT NULL OR throttle_key IS NOT NULL) STORED,
     PRIMARY KEY (run_id, step_id)
 ) WITH (fillfactor = 70);
-CREATE INDEX queue_runnable ON jobs.queue (due_at) WHERE claimed_by IS NULL AND NOT held;
+CREATE INDEX queue_runnable ON jobs.queue (due_at) WHERE claimed_by IS NULL AND NOT held AND NOT admit;
+CREATE INDEX queue_admittable ON jobs.queue (due_at)
+    WHERE claimed_by IS NULL AND NOT held AND admit AND blocked_on IS NULL;
 CREATE INDEX queue_function_id ON jobs.queue (function_id);
+CREATE INDEX queue_slots1 ON jobs.queue (ckey1) WHERE claimed_by IS NOT NULL AND ckey1 IS NOT NULL;
+CREATE INDEX queue_slots2 ON jobs.queue (ckey2) WHERE claimed_by IS NOT NULL AND ckey2 IS NOT NULL;
+CREATE INDEX queue_blocked ON jobs.queue (blocked_on, due_at) WHERE blocked_on IS NOT NULL;
+CREATE INDEX queue_waiting_for_slot ON jobs.queue (ckey1)
+    WHERE claimed_by IS NULL AND blocked_on IS NULL AND ckey1 IS NOT NULL;
+CREATE INDEX queue_start_by ON jobs.queue (start_by) WHERE start_by IS NOT NULL;
+CREATE INDEX queue_finish_by ON jobs.queue (finish_by) WHERE finish_by IS NOT NULL;
 
 -- What runs wait for: an event for jobs.wait_for_event (kind 'event'), or one
 -- that cancels them (kind 'cancel', from cancel_on). jobs.send looks a new
@@ -224,3 +253,69 @@ SELECT pg_catalog.pg_extension_config_dump('jobs.functions', '');
 SELECT pg_catalog.pg_extension_config_dump('jobs.triggers', '');
 SELECT pg_catalog.pg_extension_config_dump('jobs.cron_schedules', '');
 SELECT pg_catalog.pg_extension_config_dump('jobs.event_schemas', '');
+
+-- Flow-control state, changed in the transactions of the runs it governs, so
+-- that it cannot leak or drift on a crash.
+
+-- Throttle: each key's theoretical arrival time (GCRA), in µs since 1970.
+CREATE TABLE jobs.throttles (
+    key         text PRIMARY KEY,
+    tat_us      bigint NOT NULL
+);
+
+-- Debounce: the run each key's events push back, until it starts.
+CREATE TABLE jobs.debounces (
+    function_id text NOT NULL,
+    key         text NOT NULL,
+    run_id      uuid NOT NULL,
+    first_at    timestamptz NOT NULL,
+    PRIMARY KEY (function_id, key)
+);
+CREATE INDEX debounces_run_id ON jobs.debounces (run_id);
+
+-- Batches: the open batch of each key, and the events of each batch run.
+CREATE TABLE jobs.batches (
+    function_id text NOT NULL,
+    key         text NOT NULL,
+    run_id      uuid NOT NULL,
+    size        int NOT NULL,
+    PRIMARY KEY (function_id, key)
+);
+CREATE INDEX batches_run_id ON jobs.batches (run_id);
+CREATE TABLE jobs.batch_events (
+    run_id      uuid NOT NULL,
+    position    int NOT NULL,
+    event_id    uuid NOT NULL,
+    PRIMARY KEY (run_id, position)
+);
+CREATE INDEX batch_events_event_id ON jobs.batch_events (event_id);
+
+-- Singleton: the unfinished run of each key.
+CREATE TABLE jobs.singletons (
+    function_id text NOT NULL,
+    key         text NOT NULL,
+    run_id      uuid NOT NULL,
+    PRIMARY KEY (function_id, key)
+);
+CREATE INDEX singletons_run_id ON jobs.singletons (run_id);
+
+-- Idempotency: the key values seen in the last 24 hours.
+CREATE TABLE jobs.idempotency_keys (
+    function_id text NOT NULL,
+    key         text NOT NULL,
+    event_id    uuid NOT NULL,
+    seen_at     timestamptz NOT NULL,
+    PRIMARY KEY (function_id, key)
+);
+CREATE INDEX idempotency_keys_seen_at ON jobs.idempotency_keys (seen_at);
+
+-- Events that matched a function and started nothing because of its flow
+-- control (rate limited, idempotent, singleton, debounced into a later one).
+CREATE TABLE jobs.skips (
+    event_id    uuid NOT NULL,
+    function_id text NOT NULL,
+    reason      text NOT NULL,
+    at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (event_id, function_id)
+);
+CREATE INDEX skips_function_id_at ON jobs.skips (function_id, at);

@@ -44,6 +44,10 @@ ALTER TABLE jobs.attempt_errors ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner_only ON jobs.attempt_errors USING (EXISTS (
     SELECT 1 FROM jobs.runs r WHERE r.id = run_id));
 
+ALTER TABLE jobs.skips ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.skips USING (EXISTS (
+    SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+
 ALTER TABLE jobs.cron_schedules ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner_only ON jobs.cron_schedules USING (EXISTS (
     SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
@@ -51,6 +55,36 @@ CREATE POLICY owner_only ON jobs.cron_schedules USING (EXISTS (
 ALTER TABLE jobs.triggers ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner_only ON jobs.triggers USING (EXISTS (
     SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+
+-- Internal tables hold other roles' data too (a parallel step's arguments, a
+-- wait's triggering event, flow-control keys): each role sees only its own
+-- functions' rows.
+ALTER TABLE jobs.queue ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.queue USING (EXISTS (
+    SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+ALTER TABLE jobs.waits ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.waits USING (EXISTS (
+    SELECT 1 FROM jobs.runs r WHERE r.id = run_id));
+ALTER TABLE jobs.batch_events ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.batch_events USING (EXISTS (
+    SELECT 1 FROM jobs.runs r WHERE r.id = run_id));
+ALTER TABLE jobs.debounces ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.debounces USING (EXISTS (
+    SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+ALTER TABLE jobs.batches ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.batches USING (EXISTS (
+    SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+ALTER TABLE jobs.singletons ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.singletons USING (EXISTS (
+    SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+ALTER TABLE jobs.idempotency_keys ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.idempotency_keys USING (EXISTS (
+    SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+ALTER TABLE jobs.cron_fires ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.cron_fires USING (EXISTS (
+    SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+-- Throttle keys name no function row: only superusers read them.
+ALTER TABLE jobs.throttles ENABLE ROW LEVEL SECURITY;
 
 -- Tell the DBA at CREATE EXTENSION time when nothing is going to run.
 DO $$

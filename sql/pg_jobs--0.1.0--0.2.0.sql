@@ -165,3 +165,130 @@ REVOKE EXECUTE ON FUNCTION jobs._step(text, text, jsonb), jobs._parallel(text[],
     jobs._wait_for_event(text, text, interval, text, text), jobs._invoke(text, text, jsonb, interval) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION jobs._step(text, text, jsonb), jobs._parallel(text[], text[], text[]),
     jobs._wait_for_event(text, text, interval, text, text), jobs._invoke(text, text, jsonb, interval) TO PUBLIC;
+
+-- Flow control ----------------------------------------------------------------
+
+ALTER TABLE jobs.functions ADD COLUMN flow jsonb;
+
+ALTER TABLE jobs.queue
+    ADD COLUMN ckey1 text,
+    ADD COLUMN lim1 int,
+    ADD COLUMN ckey2 text,
+    ADD COLUMN lim2 int,
+    ADD COLUMN blocked_on text,
+    ADD COLUMN throttle_key text,
+    ADD COLUMN start_by timestamptz,
+    ADD COLUMN finish_within interval,
+    ADD COLUMN finish_by timestamptz,
+    ADD COLUMN admit boolean GENERATED ALWAYS AS (ckey1 IS NOT NULL OR throttle_key IS NOT NULL) STORED;
+DROP INDEX jobs.queue_runnable;
+CREATE INDEX queue_runnable ON jobs.queue (due_at) WHERE claimed_by IS NULL AND NOT held AND NOT admit;
+CREATE INDEX queue_admittable ON jobs.queue (due_at)
+    WHERE claimed_by IS NULL AND NOT held AND admit AND blocked_on IS NULL;
+CREATE INDEX queue_slots1 ON jobs.queue (ckey1) WHERE claimed_by IS NOT NULL AND ckey1 IS NOT NULL;
+CREATE INDEX queue_slots2 ON jobs.queue (ckey2) WHERE claimed_by IS NOT NULL AND ckey2 IS NOT NULL;
+CREATE INDEX queue_blocked ON jobs.queue (blocked_on, due_at) WHERE blocked_on IS NOT NULL;
+CREATE INDEX queue_waiting_for_slot ON jobs.queue (ckey1)
+    WHERE claimed_by IS NULL AND blocked_on IS NULL AND ckey1 IS NOT NULL;
+CREATE INDEX queue_start_by ON jobs.queue (start_by) WHERE start_by IS NOT NULL;
+CREATE INDEX queue_finish_by ON jobs.queue (finish_by) WHERE finish_by IS NOT NULL;
+
+-- Flow-control state, changed in the transactions of the runs it governs, so
+-- that it cannot leak or drift on a crash.
+
+-- Throttle: each key's theoretical arrival time (GCRA), in µs since 1970.
+CREATE TABLE jobs.throttles (
+    key         text PRIMARY KEY,
+    tat_us      bigint NOT NULL
+);
+
+-- Debounce: the run each key's events push back, until it starts.
+CREATE TABLE jobs.debounces (
+    function_id text NOT NULL,
+    key         text NOT NULL,
+    run_id      uuid NOT NULL,
+    first_at    timestamptz NOT NULL,
+    PRIMARY KEY (function_id, key)
+);
+CREATE INDEX debounces_run_id ON jobs.debounces (run_id);
+
+-- Batches: the open batch of each key, and the events of each batch run.
+CREATE TABLE jobs.batches (
+    function_id text NOT NULL,
+    key         text NOT NULL,
+    run_id      uuid NOT NULL,
+    size        int NOT NULL,
+    PRIMARY KEY (function_id, key)
+);
+CREATE INDEX batches_run_id ON jobs.batches (run_id);
+CREATE TABLE jobs.batch_events (
+    run_id      uuid NOT NULL,
+    position    int NOT NULL,
+    event_id    uuid NOT NULL,
+    PRIMARY KEY (run_id, position)
+);
+CREATE INDEX batch_events_event_id ON jobs.batch_events (event_id);
+
+-- Singleton: the unfinished run of each key.
+CREATE TABLE jobs.singletons (
+    function_id text NOT NULL,
+    key         text NOT NULL,
+    run_id      uuid NOT NULL,
+    PRIMARY KEY (function_id, key)
+);
+CREATE INDEX singletons_run_id ON jobs.singletons (run_id);
+
+-- Idempotency: the key values seen in the last 24 hours.
+CREATE TABLE jobs.idempotency_keys (
+    function_id text NOT NULL,
+    key         text NOT NULL,
+    event_id    uuid NOT NULL,
+    seen_at     timestamptz NOT NULL,
+    PRIMARY KEY (function_id, key)
+);
+CREATE INDEX idempotency_keys_seen_at ON jobs.idempotency_keys (seen_at);
+
+-- Events that matched a function and started nothing because of its flow
+-- control (rate limited, idempotent, singleton, debounced into a later one).
+CREATE TABLE jobs.skips (
+    event_id    uuid NOT NULL,
+    function_id text NOT NULL,
+    reason      text NOT NULL,
+    at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (event_id, function_id)
+);
+CREATE INDEX skips_function_id_at ON jobs.skips (function_id, at);
+
+ALTER TABLE jobs.skips ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.skips USING (EXISTS (
+    SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+
+-- Internal tables hold other roles' data too (a parallel step's arguments, a
+-- wait's triggering event, flow-control keys): each role sees only its own
+-- functions' rows.
+ALTER TABLE jobs.queue ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.queue USING (EXISTS (
+    SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+ALTER TABLE jobs.waits ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.waits USING (EXISTS (
+    SELECT 1 FROM jobs.runs r WHERE r.id = run_id));
+ALTER TABLE jobs.batch_events ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.batch_events USING (EXISTS (
+    SELECT 1 FROM jobs.runs r WHERE r.id = run_id));
+ALTER TABLE jobs.debounces ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.debounces USING (EXISTS (
+    SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+ALTER TABLE jobs.batches ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.batches USING (EXISTS (
+    SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+ALTER TABLE jobs.singletons ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.singletons USING (EXISTS (
+    SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+ALTER TABLE jobs.idempotency_keys ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.idempotency_keys USING (EXISTS (
+    SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+ALTER TABLE jobs.cron_fires ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.cron_fires USING (EXISTS (
+    SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+-- Throttle keys name no function row: only superusers read them.
+ALTER TABLE jobs.throttles ENABLE ROW LEVEL SECURITY;

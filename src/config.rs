@@ -32,6 +32,7 @@ pub struct FunctionConfig {
     /// Roles, besides the owner's members, that may invoke the function
     /// (`"public"` for all), by name.
     pub invokers: Vec<String>,
+    pub flow: crate::flow::Flow,
 }
 
 /// An event that cancels a run (Inngest's `cancelOn`).
@@ -57,15 +58,8 @@ impl CancelOn {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    Invalid,
-    NotSupportedYet,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    pub kind: ErrorKind,
     pub key: String,
     pub value: String,
     pub message: String,
@@ -81,9 +75,8 @@ impl fmt::Display for ConfigError {
     }
 }
 
-fn invalid(key: &str, value: &Value, message: impl Into<String>) -> ConfigError {
+pub fn invalid(key: &str, value: &Value, message: impl Into<String>) -> ConfigError {
     ConfigError {
-        kind: ErrorKind::Invalid,
         key: key.to_string(),
         value: shown(&value.to_string()),
         message: message.into(),
@@ -123,18 +116,6 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("invokers", None),
 ];
 
-const SUPPORTED: &[&str] = &[
-    "event",
-    "cron",
-    "timezone",
-    "if",
-    "retries",
-    "max_runtime",
-    "cancel_on",
-    "on_failure",
-    "invokers",
-];
-
 /// Resolves aliases, refuses unknown and duplicated keys.
 fn canonical_keys(object: &Map<String, Value>) -> Result<Map<String, Value>, ConfigError> {
     let mut out = Map::new();
@@ -171,17 +152,7 @@ pub fn parse(config: &Value) -> Result<FunctionConfig, ConfigError> {
         ));
     };
     let object = canonical_keys(object)?;
-    if let Some((key, value)) = object
-        .iter()
-        .find(|(key, _)| !SUPPORTED.contains(&key.as_str()))
-    {
-        return Err(ConfigError {
-            kind: ErrorKind::NotSupportedYet,
-            key: key.clone(),
-            value: shown(&value.to_string()),
-            message: "not supported yet by this version of pg_jobs".into(),
-        });
-    }
+    let flow = crate::flow::parse(&object, object.contains_key("cancel_on"))?;
 
     let triggers = match object.get("event") {
         None => Vec::new(),
@@ -244,6 +215,7 @@ pub fn parse(config: &Value) -> Result<FunctionConfig, ConfigError> {
         Some(value) => parse_invokers(value)?,
     };
     Ok(FunctionConfig {
+        flow,
         invokers,
         triggers,
         filter,
@@ -650,10 +622,7 @@ mod tests {
     #[test]
     fn errors_name_key_and_value() {
         let e = err(json!({"retires": 3}));
-        assert_eq!(
-            (e.kind, e.key.as_str(), e.value.as_str()),
-            (ErrorKind::Invalid, "retires", "3")
-        );
+        assert_eq!((e.key.as_str(), e.value.as_str()), ("retires", "3"));
         assert!(e.to_string().contains("unknown key"));
 
         let e = err(json!({"retries": 21}));
@@ -785,18 +754,14 @@ mod tests {
     }
 
     #[test]
-    fn later_features_are_refused_not_ignored() {
-        for key in [
-            "concurrency",
-            "batchEvents",
-            "debounce",
-            "throttle",
-            "timeouts",
-            "priority",
-        ] {
-            let e = err(json!({ key: 1 }));
-            assert_eq!(e.kind, ErrorKind::NotSupportedYet, "{key}");
-            assert!(e.to_string().contains("not supported yet"));
-        }
+    fn flow_control_keys_are_taken() {
+        let c = parse(&json!({"event": "a/b", "concurrency": 2, "batchEvents": {"maxSize": 5, "timeout": "1s"}}))
+            .unwrap();
+        assert_eq!(c.flow.concurrency[0].limit, 2);
+        assert_eq!(c.flow.batch.unwrap().max_size, 5);
+        assert_eq!(
+            err(json!({"rateLimit": {"limit": 0, "period": "1s"}})).key,
+            "rate_limit.limit"
+        );
     }
 }

@@ -4,7 +4,7 @@
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
-use crate::config::{ConfigError, ErrorKind};
+use crate::config::ConfigError;
 
 /// SQLSTATEs of pg_jobs' own (raised by the SQL wrappers in sql/100_steps.sql).
 /// A step ran out of attempts; raised inside the handler at that step.
@@ -43,13 +43,9 @@ pub fn unknown_function(id: &str) -> ! {
     )
 }
 
-/// 22023 for a bad config, 0A000 for a key of the contract this version does not implement yet.
+/// 22023: a bad config key or value.
 pub fn config(error: ConfigError) -> ! {
-    let code = match error.kind {
-        ErrorKind::Invalid => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-        ErrorKind::NotSupportedYet => PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-    };
-    raise(code, error.to_string())
+    invalid(error.to_string())
 }
 
 pub fn warn_not_preloaded() {

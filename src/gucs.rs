@@ -65,10 +65,13 @@ pub fn reset_in_nest_level(name: &CStr) {
 ///   of a few runs' steps scanned all of them in every round; and planning
 ///   afresh for each call's values, which PostgreSQL does when the statistics
 ///   make a generic plan look dearer, cost more than running the statement.
-pub const OWN_STATEMENT_SETTINGS: [(&CStr, &CStr); 3] = [
+/// - no JIT: a statement planned with a disabled sequential scan looks
+///   costly enough to be compiled at every execution.
+pub const OWN_STATEMENT_SETTINGS: [(&CStr, &CStr); 4] = [
     (c"search_path", c"pg_catalog, pg_temp"),
     (c"enable_seqscan", c"off"),
     (c"plan_cache_mode", c"force_generic_plan"),
+    (c"jit", c"off"),
 ];
 
 /// `preloading`: called from shared_preload_libraries, the only time a

@@ -11,6 +11,7 @@ mod duration;
 mod errors;
 mod event_name;
 mod expr;
+mod flow;
 mod gucs;
 mod owners;
 mod pgtime;

@@ -310,14 +310,14 @@ mod tests {
             &["\"event\"", "app/user*"],
         );
         expect_error(
-            "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"debounce\": {\"period\": \"5s\"}}')",
-            "0A000",
-            &["\"debounce\"", "not supported yet"],
+            "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"debounce\": {\"period\": \"0s\"}}')",
+            "22023",
+            &["debounce.period", "0s"],
         );
         expect_error(
-            "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"concurrency\": 5}')",
-            "0A000",
-            &["concurrency"],
+            "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"concurrency\": 0}')",
+            "22023",
+            &["concurrency", "0"],
         );
         assert_eq!(count("SELECT count(*) FROM jobs.functions"), 0);
     }

@@ -31,9 +31,9 @@ pub struct Item {
     pub step_hash: u64,
 }
 
-/// FNV-1a of a step id: stable across processes.
-pub fn step_hash(step: &str) -> u64 {
-    step.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+/// FNV-1a of a text (a step id, a key): stable across processes.
+pub fn hash64(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     })
 }
@@ -170,6 +170,59 @@ impl Default for OwnerRegistry {
     }
 }
 
+/// Slots of the rate-limit table.
+pub const RATE_SLOTS: usize = 4096;
+/// Slots looked at for a key, from its hash on.
+const RATE_PROBES: usize = 8;
+
+/// `rate_limit` state (GCRA), decided in the sender's transaction without
+/// making concurrent senders of a key wait for each other's commits: a
+/// table of key hashes and their TAT. A key whose TAT has passed holds no
+/// state; when all the slots a key may use are taken, the one whose TAT
+/// comes first is reused (the limit may then let a few more through).
+/// Restarting the server forgets it.
+struct RateTable {
+    lock: SpinLock,
+    keys: [AtomicU64; RATE_SLOTS],
+    tats: [AtomicI64; RATE_SLOTS],
+}
+
+impl Default for RateTable {
+    fn default() -> Self {
+        RateTable {
+            lock: SpinLock::default(),
+            keys: std::array::from_fn(|_| AtomicU64::new(0)),
+            tats: std::array::from_fn(|_| AtomicI64::new(0)),
+        }
+    }
+}
+
+impl RateTable {
+    fn admit(&self, key: u64, now_us: i64, gcra: &crate::flow::gcra::Gcra) -> bool {
+        let key = key.max(1);
+        self.lock.with(|| {
+            let slots = (0..RATE_PROBES).map(|i| (key as usize + i) % RATE_SLOTS);
+            let found = slots
+                .clone()
+                .find(|&i| self.keys[i].load(Ordering::Relaxed) == key);
+            let slot = found.unwrap_or_else(|| {
+                slots
+                    .min_by_key(|&i| self.tats[i].load(Ordering::Relaxed))
+                    .expect("probes")
+            });
+            let tat = (found.is_some()).then(|| self.tats[slot].load(Ordering::Relaxed));
+            match gcra.admit(tat.filter(|t| *t > now_us), now_us) {
+                Some(next) => {
+                    self.keys[slot].store(key, Ordering::Relaxed);
+                    self.tats[slot].store(next, Ordering::Relaxed);
+                    true
+                }
+                None => false,
+            }
+        })
+    }
+}
+
 /// What the registry says of a role.
 pub enum Ownership {
     Functions(u32),
@@ -186,11 +239,14 @@ pub struct Shared {
     wanted_workers: AtomicI32,
     missing_workers: AtomicI32,
     owners: OwnerRegistry,
+    /// Counts commits that changed function definitions.
+    functions_epoch: AtomicU64,
     /// When shared memory was set up: at server start, and again when the
     /// server restarts after a crash. The instant @reboot schedules run for.
     started_at_us: AtomicI64,
     /// The launcher has started this start's @reboot runs.
     reboot_fired: AtomicBool,
+    rates: RateTable,
     pub workers: [WorkerSlot; MAX_WORKERS],
 }
 
@@ -224,8 +280,10 @@ impl Default for Shared {
             wanted_workers: AtomicI32::new(0),
             missing_workers: AtomicI32::new(0),
             owners: OwnerRegistry::default(),
+            functions_epoch: AtomicU64::new(0),
             started_at_us: AtomicI64::new(now_us()),
             reboot_fired: AtomicBool::new(false),
+            rates: RateTable::default(),
             workers: std::array::from_fn(|_| WorkerSlot::default()),
         }
     }
@@ -508,6 +566,16 @@ impl Shared {
         }
     }
 
+    /// Whether `rate_limit` admits a run for key `key` (a hash) now.
+    pub fn rate_admit(&self, key: u64, gcra: &crate::flow::gcra::Gcra) -> bool {
+        self.rates.admit(key, now_us(), gcra)
+    }
+
+    /// Changes whenever a commit changed function definitions.
+    pub fn functions_epoch(&self) -> u64 {
+        self.functions_epoch.load(Ordering::SeqCst)
+    }
+
     pub fn fill_owners(&self, owners: &[(u32, u32)]) {
         self.owners.fill(owners);
     }
@@ -553,7 +621,8 @@ pub fn interrupt_at_commit(run: RunId, pid: i32) {
     INTERRUPTS_AT_COMMIT.with(|i| i.borrow_mut().push(Interrupt { run, pid }));
 }
 
-/// The current transaction changed which roles own functions.
+/// The current transaction changed function definitions (and maybe which
+/// roles own functions).
 pub fn owners_changed_at_commit() {
     OWNERS_CHANGED.with(|c| c.set(true));
 }
@@ -598,6 +667,7 @@ unsafe extern "C-unwind" fn on_transaction_end(
         }
     }
     if owners_changed {
+        shared.functions_epoch.fetch_add(1, Ordering::SeqCst);
         shared.owners.stale.store(true, Ordering::SeqCst);
         shared.wake_launcher();
     }

@@ -256,10 +256,14 @@ pub fn record(events: Vec<NewEvent>) -> Vec<pgrx::Uuid> {
                     .dedup_id
                     .as_deref()
                     .and_then(|dedup_id| find_duplicate(client, dedup_id, id));
-                let targets = match duplicate_of {
+                let mut targets = match duplicate_of {
                     Some(_) => Vec::new(),
                     None => matching_functions(client, id, &event),
                 };
+                if targets.iter().any(|t| t.flow.is_some()) {
+                    let document = super::flow::event_document(id, &event.name, event.data);
+                    targets = super::flow::at_send(client, id, &document, targets);
+                }
                 runnable += targets.iter().filter(|t| !t.held).count();
                 let from_system_event = is_about_a_run(&event.name)
                     || SENDER_FROM_SYSTEM_EVENT.with(std::cell::Cell::get);
@@ -327,6 +331,15 @@ pub struct Target {
     pub held: bool,
     /// The function's checked cancel_on, as stored in jobs.functions.
     pub cancel_on: Option<String>,
+    /// The function's flow control, when it has some.
+    pub flow: Option<crate::flow::Flow>,
+    /// Where flow control puts the run.
+    pub placement: super::flow::Placement,
+}
+
+/// A function's stored flow control.
+fn stored_flow(text: Option<String>) -> Option<crate::flow::Flow> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
 }
 
 /// The functions `event` triggers: by name or wildcard, and by their `if` filter.
@@ -334,14 +347,14 @@ fn matching_functions(client: &SpiClient<'_>, id: pgrx::Uuid, event: &NewEvent) 
     let matching = prepared(
         &MATCH_FUNCTIONS,
         client,
-        "SELECT f.id, f.paused, f.cancel_on::text
+        "SELECT f.id, f.paused, f.cancel_on::text, f.flow::text
          FROM jobs.triggers t JOIN jobs.functions f ON f.id = t.function_id
          WHERE t.event = ANY ($1) AND (t.wildcard OR t.event = $2)
            AND ($6::oid IS NULL OR pg_has_role(f.owner, $6, 'MEMBER'))
            AND (f.filter IS NULL OR jobs._expr_true(f.filter,
                 jsonb_build_object('event', jsonb_build_object(
                     'id', $3, 'name', $2, 'data', $4, 'ts', coalesce($5, now())))))
-         GROUP BY f.id, f.paused, f.cancel_on::text",
+         GROUP BY f.id, f.paused, f.cancel_on::text, f.flow::text",
         &[
             TEXTARRAYOID.value(),
             TEXTOID.value(),
@@ -377,6 +390,8 @@ fn matching_functions(client: &SpiClient<'_>, id: pgrx::Uuid, event: &NewEvent) 
                 .expect("function id is never null"),
             held: row.get(2).ok().flatten().unwrap_or(false),
             cancel_on: row.get(3).ok().flatten(),
+            flow: stored_flow(row.get(4).ok().flatten()),
+            placement: Default::default(),
         })
         .collect()
 }
@@ -425,9 +440,15 @@ pub fn insert_event(
             SELECT run_id, function_id, $1, $11, $12, $13
             FROM unnest($7::uuid[], $8::text[]) AS r (run_id, function_id)
          ), queued AS (
-            INSERT INTO jobs.queue (run_id, function_id, due_at, held)
-            SELECT run_id, function_id, greatest(coalesce($4, now()), now()), held
-            FROM unnest($7::uuid[], $8::text[], $9::bool[]) AS r (run_id, function_id, held)
+            INSERT INTO jobs.queue (run_id, function_id, due_at, held, ckey1, lim1, ckey2, lim2,
+                                    throttle_key, start_by, finish_within)
+            SELECT run_id, function_id,
+                   greatest(coalesce($4, now()), now()) + coalesce(shift_ms, 0) * interval '1 millisecond',
+                   held, ckey1, lim1, ckey2, lim2, throttle_key,
+                   clock_timestamp() + start_ms * interval '1 millisecond', finish_ms * interval '1 millisecond'
+            FROM unnest($7::uuid[], $8::text[], $9::bool[], $15::text[], $16::int[], $17::text[], $18::int[],
+                        $19::text[], $20::float8[], $21::float8[], $22::float8[])
+                 AS r (run_id, function_id, held, ckey1, lim1, ckey2, lim2, throttle_key, shift_ms, start_ms, finish_ms)
          )
          INSERT INTO jobs.waits (run_id, step_id, kind, event, match_path, match_value, condition, trigger, expires_at)
          SELECT r.run_id, 'cancel_on:' || (c.n - 1), 'cancel', c.spec->>'event', m.path,
@@ -454,6 +475,14 @@ pub fn insert_event(
             TEXTOID.value(),
             BOOLOID.value(),
             OIDOID.value(),
+            TEXTARRAYOID.value(),
+            INT4ARRAYOID.value(),
+            TEXTARRAYOID.value(),
+            INT4ARRAYOID.value(),
+            TEXTARRAYOID.value(),
+            FLOAT8ARRAYOID.value(),
+            FLOAT8ARRAYOID.value(),
+            FLOAT8ARRAYOID.value(),
         ],
     );
     let run_ids: Vec<pgrx::Uuid> = targets.iter().map(|t| t.run).collect();
@@ -487,9 +516,25 @@ pub fn insert_event(
                 origin.parent.map(|p| p.1).into(),
                 origin.from_system_event.into(),
                 event.owner.into(),
+                column(targets, |p| p.keys.first().map(|k| k.0.clone())).into(),
+                column(targets, |p| p.keys.first().map(|k| k.1)).into(),
+                column(targets, |p| p.keys.get(1).map(|k| k.0.clone())).into(),
+                column(targets, |p| p.keys.get(1).map(|k| k.1)).into(),
+                column(targets, |p| p.throttle_key.clone()).into(),
+                column(targets, |p| Some(p.shift_ms as f64)).into(),
+                column(targets, |p| p.start_within_ms.map(|ms| ms as f64)).into(),
+                column(targets, |p| p.finish_within_ms.map(|ms| ms as f64)).into(),
             ],
         )
         .expect("recording an event");
+}
+
+/// One column of the targets' placements, for the insert.
+fn column<T>(
+    targets: &[Target],
+    field: impl Fn(&super::flow::Placement) -> Option<T>,
+) -> Vec<Option<T>> {
+    targets.iter().map(|t| field(&t.placement)).collect()
 }
 
 /// Resumes the runs waiting for this event (jobs.wait_for_event) and cancels
@@ -520,22 +565,27 @@ fn match_waits(client: &mut SpiClient<'_>, id: pgrx::Uuid, event: &NewEvent) -> 
                     SELECT FROM jobs.runs r JOIN jobs.functions f ON f.id = r.function_id
                     WHERE r.id = w.run_id AND pg_has_role(f.owner, $4, 'MEMBER')))
          ), taken AS (
+            -- Each statement looks the few matched rows up by key: a join the
+            -- planner could turn around would read every queued or waiting row.
             DELETE FROM jobs.waits w USING matched m
-            WHERE m.kind = 'event' AND w.run_id = m.run_id AND w.step_id = m.step_id
+            WHERE w.run_id = ANY (ARRAY(SELECT run_id FROM matched WHERE kind = 'event'))
+              AND m.kind = 'event' AND w.run_id = m.run_id AND w.step_id = m.step_id
             RETURNING w.run_id, w.step_id
          ), resumed AS (
             UPDATE jobs.steps s SET status = 'completed', output = (SELECT e FROM doc), ended_at = clock_timestamp()
-            FROM taken t WHERE s.run_id = t.run_id AND s.id = t.step_id AND s.status = 'waiting'
+            FROM taken t
+            WHERE s.run_id = ANY (ARRAY(SELECT run_id FROM taken))
+              AND s.run_id = t.run_id AND s.id = t.step_id AND s.status = 'waiting'
             RETURNING s.run_id
          ), due AS (
             UPDATE jobs.queue q SET due_at = now()
-            FROM resumed r WHERE q.run_id = r.run_id AND q.step_id = ''
+            WHERE q.run_id = ANY (ARRAY(SELECT run_id FROM resumed)) AND q.step_id = ''
             RETURNING 1
          ), cancelled AS (
-            UPDATE jobs.queue q SET due_at = now(), held = false,
+            UPDATE jobs.queue q SET due_at = now(), held = false, blocked_on = NULL,
                    cancelled = jsonb_build_object('message', 'cancelled by event ' || $2, 'event_id', $1)
-            FROM (SELECT DISTINCT run_id FROM matched WHERE kind = 'cancel') m
-            WHERE q.run_id = m.run_id AND q.step_id = '' AND q.cancelled IS NULL
+            WHERE q.run_id = ANY (ARRAY(SELECT run_id FROM matched WHERE kind = 'cancel'))
+              AND q.step_id = '' AND q.cancelled IS NULL
             RETURNING 1
          )
          SELECT (SELECT count(*) FROM due) + (SELECT count(*) FROM cancelled)",
@@ -641,7 +691,7 @@ pub fn start_run(function_id: &str, name: &str, data: JsonbDatum, origin: Origin
     let found = Spi::connect(|client| {
         let row = client
             .select(
-                "SELECT f.paused, f.cancel_on::text,
+                "SELECT f.paused, f.cancel_on::text, f.flow::text,
                         $2::oid IS NULL OR pg_has_role($2, f.owner, 'MEMBER') OR 0::oid = ANY (f.invokers::oid[])
                             OR EXISTS (SELECT FROM unnest(f.invokers) r WHERE r::oid <> 0 AND pg_has_role($2, r, 'MEMBER')),
                         f.owner::oid
@@ -654,11 +704,12 @@ pub fn start_run(function_id: &str, name: &str, data: JsonbDatum, origin: Origin
         (
             row.get::<bool>(1).ok().flatten(),
             row.get::<String>(2).ok().flatten(),
-            row.get::<bool>(3).ok().flatten(),
-            row.get::<pg_sys::Oid>(4).ok().flatten(),
+            row.get::<String>(3).ok().flatten(),
+            row.get::<bool>(4).ok().flatten(),
+            row.get::<pg_sys::Oid>(5).ok().flatten(),
         )
     });
-    let (Some(held), cancel_on, Some(allowed), owner) = found else {
+    let (Some(held), cancel_on, flow, Some(allowed), owner) = found else {
         return Started::NoSuchFunction;
     };
     if !allowed {
@@ -672,14 +723,23 @@ pub fn start_run(function_id: &str, name: &str, data: JsonbDatum, origin: Origin
         // It concerns one function: shown to its owner only.
         owner,
     };
+    let event_id = new_id();
+    let flow = stored_flow(flow);
+    // Runs that nobody's event started obey the run-level flow control only.
+    let placement = flow.as_ref().map_or_else(Default::default, |flow| {
+        let document = super::flow::event_document(event_id, name, event.data);
+        super::flow::placement(function_id, flow, &document)
+    });
     let target = Target {
         run: new_id(),
         function: function_id.to_string(),
         held,
         cancel_on,
+        flow,
+        placement,
     };
     let run = target.run;
-    Spi::connect_mut(|client| insert_event(client, new_id(), &event, None, &[target], &origin));
+    Spi::connect_mut(|client| insert_event(client, event_id, &event, None, &[target], &origin));
     if !held {
         shmem::wake_workers_at_commit(1);
     }

@@ -55,7 +55,13 @@ fn explain_event(
                                EXISTS (SELECT FROM jobs.triggers t WHERE t.function_id = f.id
                                        AND (t.event = e.name OR (t.wildcard AND starts_with(e.name, t.event)))) AS subscribed,
                                coalesce((SELECT array_agg(r.id ORDER BY r.created_at) FROM jobs.runs r
-                                         WHERE r.event_id = e.id AND r.function_id = f.id), '{}') AS runs,
+                                         WHERE r.function_id = f.id
+                                           AND (r.event_id = e.id OR r.id IN (
+                                                SELECT be.run_id FROM jobs.batch_events be WHERE be.event_id = e.id))),
+                                        '{}') AS runs,
+                               EXISTS (SELECT FROM jobs.batch_events be JOIN jobs.runs r ON r.id = be.run_id
+                                       WHERE be.event_id = e.id AND r.function_id = f.id AND r.event_id <> e.id) AS batched,
+                               (SELECT s.reason FROM jobs.skips s WHERE s.event_id = e.id AND s.function_id = f.id) AS skipped,
                                e.name, e.duplicate_of, e.doc
                         FROM jobs.functions f CROSS JOIN e
                         WHERE pg_has_role($2, f.owner, 'MEMBER')
@@ -63,7 +69,9 @@ fn explain_event(
                      SELECT id, cardinality(runs) > 0,
                             CASE
                               WHEN cardinality(runs) > 0 AND paused THEN 'started; held while the function is paused'
+                              WHEN cardinality(runs) > 0 AND batched THEN 'started, in a batch with other events'
                               WHEN cardinality(runs) > 0 THEN 'started'
+                              WHEN skipped IS NOT NULL THEN skipped
                               WHEN duplicate_of IS NOT NULL THEN
                                 'deduplicated: event ' || duplicate_of || ' had the same id within 24 hours'
                               WHEN listens IS NULL THEN 'no event trigger (it runs when invoked or on its schedule)'

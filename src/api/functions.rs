@@ -158,6 +158,17 @@ fn create_function(
         if !store_function(&definition) {
             another_roles(id)
         }
+        // Work waiting for a concurrency slot is looked at again, under the
+        // limits just defined.
+        let unblocked = Spi::get_one_with_args::<i64>(
+            "WITH unblocked AS (UPDATE jobs.queue SET blocked_on = NULL
+                                WHERE function_id = $1 AND blocked_on IS NOT NULL RETURNING 1)
+             SELECT count(*) FROM unblocked",
+            &[id.into()],
+        )
+        .unwrap_or_else(|e| panic!("unblocking the work of {id}: {e}"))
+        .unwrap_or(0);
+        shmem::wake_workers_at_commit(unblocked as usize);
         let failure_id = format!("{id}-failure");
         match on_failure {
             Some(failure_handler) => {
@@ -277,14 +288,15 @@ fn store_function(definition: &Definition) -> bool {
         "WITH defined AS (
             INSERT INTO jobs.functions AS f
                 (id, handler, handler_owner, config, owner, invokers, max_attempts, backoff, max_runtime,
-                 filter, cancel_on, failure_of)
-            VALUES ($1, $2, $3, $4, $5, $6::oid[]::regrole[], $7, $8, $9 * interval '1 millisecond', $10, $11, $12)
+                 filter, cancel_on, failure_of, flow)
+            VALUES ($1, $2, $3, $4, $5, $6::oid[]::regrole[], $7, $8, $9 * interval '1 millisecond', $10, $11, $12, $13)
             ON CONFLICT (id) DO UPDATE SET
                 handler = excluded.handler, handler_owner = excluded.handler_owner, config = excluded.config,
                 owner = excluded.owner, invokers = excluded.invokers,
                 max_attempts = excluded.max_attempts, backoff = excluded.backoff,
                 max_runtime = excluded.max_runtime, filter = excluded.filter,
-                cancel_on = excluded.cancel_on, failure_of = excluded.failure_of, updated_at = now()
+                cancel_on = excluded.cancel_on, failure_of = excluded.failure_of, flow = excluded.flow,
+                updated_at = now()
             WHERE CASE WHEN excluded.failure_of IS NULL
                        THEN pg_catalog.pg_has_role(excluded.owner, f.owner, 'MEMBER')
                        ELSE f.failure_of = excluded.failure_of END
@@ -304,6 +316,9 @@ fn store_function(definition: &Definition) -> bool {
             parsed.filter.as_deref().into(),
             cancel_on.into(),
             failure_of.into(),
+            (!parsed.flow.is_empty())
+                .then(|| JsonB(serde_json::to_value(&parsed.flow).expect("flow serializes")))
+                .into(),
         ],
     )
     .unwrap_or_else(|e| panic!("storing function {id}: {e}"));
@@ -388,7 +403,7 @@ pub fn delete(id: &str) {
     delete_failure_function(id);
     let flagged = Spi::get_one_with_args::<i64>(
         "WITH gone AS (DELETE FROM jobs.functions WHERE id = $1),
-              flagged AS (UPDATE jobs.queue SET due_at = now(), held = false,
+              flagged AS (UPDATE jobs.queue SET due_at = now(), held = false, blocked_on = NULL,
                                  cancelled = coalesce(cancelled, '{\"message\": \"function deleted\"}')
                           WHERE function_id = $1 AND step_id = '' RETURNING 1)
          SELECT count(*) FROM flagged",
@@ -484,7 +499,7 @@ fn cancel_run(run_id: Option<pgrx::Uuid>) {
         }
         let flagged = Spi::get_one_with_args::<bool>(
             "WITH flagged AS (
-                UPDATE jobs.queue SET due_at = now(), held = false,
+                UPDATE jobs.queue SET due_at = now(), held = false, blocked_on = NULL,
                        cancelled = jsonb_build_object('message', 'cancelled by jobs.cancel_run', 'by', $2::regrole::text)
                 WHERE run_id = $1 AND step_id = '' AND cancelled IS NULL
                 RETURNING 1)

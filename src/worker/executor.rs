@@ -9,8 +9,8 @@ use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 
 use super::{
-    attach_signal_handlers, handle_interrupts, in_transaction, invoke, record, report_activity,
-    run, task, wait,
+    attach_signal_handlers, flow, handle_interrupts, in_transaction, invoke, record,
+    report_activity, run, task, wait,
 };
 use crate::api::{prepared, StatementCache};
 use crate::claim_notes::{self, NoteFile, Noted, WalPosition};
@@ -36,6 +36,7 @@ thread_local! {
     static NEXT_DUE: StatementCache = const { StatementCache::new() };
     static REPLAY_CLAIMS: StatementCache = const { StatementCache::new() };
     static TAKE_OVER: StatementCache = const { StatementCache::new() };
+    static CLAIM_ADMITTED: StatementCache = const { StatementCache::new() };
 }
 
 /// A claimed queue row: a run (`step` empty) or a parallel step of one.
@@ -45,6 +46,8 @@ pub struct Claimed {
     claims: i32,
     /// Its place in the batch this executor published (shmem).
     batch_index: usize,
+    /// The concurrency keys whose slots it holds while claimed.
+    keys: Vec<String>,
     /// A run's row: the run, as the claim read it.
     run_read: Option<run::ClaimedRun>,
 }
@@ -77,9 +80,9 @@ macro_rules! claim_sql {
             "), claimed AS (
                 UPDATE jobs.queue q SET claimed_by = $2, claims = q.claims + ",
             $count,
-            "
+            ", start_by = NULL, finish_by = coalesce(q.finish_by, now() + q.finish_within)
                 FROM picked WHERE (q.run_id, q.step_id) = (picked.run_id, picked.step_id)
-                RETURNING q.run_id, q.step_id, q.claims, q.due_at, q.cancelled
+                RETURNING q.run_id, q.step_id, q.claims, q.due_at, q.cancelled, q.ckey1, q.ckey2
              ), started AS (
                 UPDATE jobs.runs r SET status = 'running', started_at = coalesce(r.started_at, now()),
                        attempt = r.attempt + ",
@@ -180,7 +183,7 @@ fn publish(slot: &crate::shmem::WorkerSlot, claimed: &[Claimed]) {
         .iter()
         .map(|c| crate::shmem::Item {
             run: *c.run.as_bytes(),
-            step_hash: crate::shmem::step_hash(&c.step),
+            step_hash: crate::shmem::hash64(&c.step),
         })
         .collect();
     slot.publish_batch(&items);
@@ -253,7 +256,7 @@ fn take_over(victim: i32, items: &[crate::shmem::Item]) -> Vec<Claimed> {
         .filter(|(run, step)| {
             let item = crate::shmem::Item {
                 run: *run.as_bytes(),
-                step_hash: crate::shmem::step_hash(step),
+                step_hash: crate::shmem::hash64(step),
             };
             items.contains(&item)
         })
@@ -303,13 +306,14 @@ fn claim(limit: usize, noting: bool) -> (Vec<Claimed>, Option<Duration>) {
     if noting {
         gucs::set_for_transaction(c"synchronous_commit", c"off");
     }
-    let claimed = Spi::connect_mut(|client| {
+    flow::cancel_overdue();
+    let mut claimed = Spi::connect_mut(|client| {
         let claim = prepared(
             &CLAIM,
             client,
             claim_sql!(
                 "SELECT run_id, step_id FROM jobs.queue
-                 WHERE claimed_by IS NULL AND NOT held AND due_at <= now()
+                 WHERE claimed_by IS NULL AND NOT held AND NOT admit AND due_at <= now()
                  ORDER BY due_at LIMIT $1
                  FOR UPDATE SKIP LOCKED"
             ),
@@ -325,6 +329,18 @@ fn claim(limit: usize, noting: bool) -> (Vec<Claimed>, Option<Duration>) {
                 .expect("claiming work"),
         )
     });
+    // Work under flow control gets a share of every claim, so that plain work
+    // cannot starve it.
+    let (runs, steps) = flow::admit(limit.saturating_sub(claimed.len()).max(1));
+    if !runs.is_empty() {
+        claimed.extend(claim_admitted(runs, steps));
+        for (index, item) in claimed.iter_mut().enumerate() {
+            item.batch_index = index;
+            if let Some(read) = item.run_read.as_mut() {
+                read.set_batch_index(index);
+            }
+        }
+    }
     if claimed.is_empty() {
         return (claimed, next_due());
     }
@@ -338,8 +354,12 @@ fn claimed_rows(rows: pgrx::spi::SpiTupleTable) -> Vec<Claimed> {
             let run = row.get(1).ok().flatten().expect("run_id");
             let step: String = row.get(2).ok().flatten().expect("step_id");
             let claims: i32 = row.get(3).ok().flatten().expect("claims");
+            let keys: Vec<String> = [21, 22]
+                .into_iter()
+                .filter_map(|column| row.get::<String>(column).ok().flatten())
+                .collect();
             let run_read = if step.is_empty() {
-                run::claimed_run(&row, run, claims > 1, batch_index)
+                run::claimed_run(&row, run, claims > 1, batch_index, keys.clone())
             } else {
                 None
             };
@@ -348,6 +368,7 @@ fn claimed_rows(rows: pgrx::spi::SpiTupleTable) -> Vec<Claimed> {
                 step,
                 claims,
                 batch_index,
+                keys,
                 run_read,
             }
         })
@@ -367,14 +388,54 @@ fn record_interrupted(claimed: &[Claimed]) {
     }
 }
 
-/// How soon the next unclaimed work is due, if there is any.
+/// Claims the items flow control admitted (locked by `flow::admit`).
+fn claim_admitted(runs: Vec<pgrx::Uuid>, steps: Vec<String>) -> Vec<Claimed> {
+    Spi::connect_mut(|client| {
+        let claim = prepared(
+            &CLAIM_ADMITTED,
+            client,
+            claim_sql!(
+                "SELECT q.run_id, q.step_id
+                 FROM unnest($1::uuid[], $3::text[]) AS a (run_id, step_id)
+                 JOIN jobs.queue q ON (q.run_id, q.step_id) = (a.run_id, a.step_id)
+                 FOR UPDATE OF q"
+            ),
+            &[UUIDARRAYOID.value(), INT4OID.value(), TEXTARRAYOID.value()],
+        );
+        claimed_rows(
+            client
+                .update(
+                    claim,
+                    None,
+                    &[
+                        runs.into(),
+                        unsafe { pg_sys::MyProcPid }.into(),
+                        steps.into(),
+                    ],
+                )
+                .expect("claiming admitted work"),
+        )
+    })
+}
+
+/// How soon the next unclaimed work is due, if there is any. A timeout to
+/// enforce counts as due: a sleeping run past `timeouts.finish` must be
+/// cancelled then, not when it wakes.
 fn next_due() -> Option<Duration> {
     Spi::connect_mut(|client| {
         let next = prepared(
             &NEXT_DUE,
             client,
-            "SELECT (extract(epoch FROM min(due_at) - clock_timestamp()) * 1000)::int8
-             FROM jobs.queue WHERE claimed_by IS NULL AND NOT held AND due_at < 'infinity'",
+            "SELECT (extract(epoch FROM least(
+                        (SELECT min(due_at) FROM jobs.queue
+                         WHERE claimed_by IS NULL AND NOT held AND NOT admit AND due_at < 'infinity'),
+                        (SELECT min(due_at) FROM jobs.queue
+                         WHERE claimed_by IS NULL AND NOT held AND admit AND blocked_on IS NULL
+                               AND due_at < 'infinity'),
+                        (SELECT min(start_by) FROM jobs.queue WHERE start_by IS NOT NULL),
+                        (SELECT min(finish_by) FROM jobs.queue
+                         WHERE finish_by IS NOT NULL AND cancelled IS NULL))
+                     - clock_timestamp()) * 1000)::int8",
             &[],
         );
         let millis: Option<i64> = client
@@ -499,6 +560,7 @@ fn execute(
                 (None, None) => round(&mut work, started),
             }
             record::write_finished();
+            flow::unblock_released();
         })
         .unwrap_or_else(|| extension_gone());
         quick &= started.elapsed() < COMMIT_AFTER;
@@ -567,6 +629,7 @@ fn round(work: &mut Work, started: Instant) {
         }
         invoke::set_shared_round(shared);
         if task::execute(&claimed) {
+            flow::release(&claimed.keys);
             shared = true;
         } else {
             work.alone_tasks.push(claimed);
@@ -589,7 +652,7 @@ fn round(work: &mut Work, started: Instant) {
         invoke::set_shared_round(shared);
         match run::advance(&mut loaded) {
             run::Progress::Continue => next_round.push(loaded),
-            run::Progress::Done => {}
+            run::Progress::Done => flow::release(&loaded.keys),
             run::Progress::Alone => {
                 work.alone_runs.push(loaded);
                 continue;
@@ -607,6 +670,7 @@ fn round(work: &mut Work, started: Instant) {
 fn alone_task(task: Claimed) {
     invoke::set_shared_round(false);
     task::execute(&task);
+    flow::release(&task.keys);
 }
 
 fn alone_run(mut loaded: run::LoadedRun, runs: &mut Vec<run::LoadedRun>) {
@@ -614,5 +678,7 @@ fn alone_run(mut loaded: run::LoadedRun, runs: &mut Vec<run::LoadedRun>) {
     run::check_cancellations(std::slice::from_mut(&mut loaded));
     if run::advance(&mut loaded) == run::Progress::Continue {
         runs.push(loaded);
+    } else {
+        flow::release(&loaded.keys);
     }
 }

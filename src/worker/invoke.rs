@@ -148,7 +148,6 @@ impl UserContext {
 /// Longest a call of user code may wait for a lock while the work of other
 /// runs waits for the same commit; then it is rolled back and run again in a
 /// transaction of its own, where it may wait as long as it likes.
-const SHARED_LOCK_WAIT: &std::ffi::CStr = c"100ms";
 const SHARED_LOCK_WAIT_MS: i32 = 100;
 
 thread_local! {
@@ -353,13 +352,25 @@ fn as_owner<R>(user: &UserContext, f: impl FnOnce() -> R) -> R {
     for (name, _) in crate::gucs::OWN_STATEMENT_SETTINGS {
         crate::gucs::reset_in_nest_level(name);
     }
+    // The bound is set on the variable the lock manager reads, not through
+    // the setting (that costs more than many a handler call); the code's own
+    // SET lock_timeout still applies, and the guard below puts it back.
     let configured_lock_wait = unsafe { pg_sys::LockTimeout };
     let bound_lock_wait = IN_SHARED_ROUND.with(Cell::get)
         && (configured_lock_wait == 0 || configured_lock_wait > SHARED_LOCK_WAIT_MS);
     if bound_lock_wait {
-        crate::gucs::set_in_nest_level(c"lock_timeout", SHARED_LOCK_WAIT);
+        unsafe { pg_sys::LockTimeout = SHARED_LOCK_WAIT_MS };
     }
     LOCK_WAIT_BOUNDED.with(|c| c.set(bound_lock_wait));
+    struct RestoreLockTimeout(Option<i32>);
+    impl Drop for RestoreLockTimeout {
+        fn drop(&mut self) {
+            if let Some(value) = self.0 {
+                unsafe { pg_sys::LockTimeout = value };
+            }
+        }
+    }
+    let _restore = RestoreLockTimeout(bound_lock_wait.then_some(configured_lock_wait));
     unsafe {
         if let Some(limit) = user.max_runtime {
             timeout::enable_timeout_after(

@@ -67,31 +67,47 @@ fn signal_stop(pid: i32) {
 
 /// Runs claimed by executors that no longer exist become claimable again; the
 /// interrupted attempt counts (see README, "Crashes").
+/// Concurrency slots go with them: the work waiting for those slots is unblocked.
 fn release_claims(pids: &[i32]) -> i64 {
-    Spi::get_one_with_args::<i64>(
-        "WITH released AS (
-            UPDATE jobs.queue SET claimed_by = NULL
-            WHERE claimed_by = ANY ($1) RETURNING 1)
-         SELECT count(*) FROM released",
-        &[pids.to_vec().into()],
-    )
-    .expect("releasing claims")
-    .unwrap_or(0)
+    release("claimed_by = ANY ($1)", pids)
 }
 
 fn release_all_claims() -> i64 {
-    Spi::get_one::<i64>(
-        "WITH released AS (
-            UPDATE jobs.queue SET claimed_by = NULL WHERE claimed_by IS NOT NULL RETURNING 1)
-         SELECT count(*) FROM released",
-    )
-    .expect("releasing claims")
-    .unwrap_or(0)
+    release("claimed_by IS NOT NULL AND $1::int[] IS NOT NULL", &[])
+}
+
+fn release(which: &str, pids: &[i32]) -> i64 {
+    let released: Vec<(Option<String>, Option<String>)> = Spi::connect_mut(|client| {
+        client
+            .update(
+                &format!(
+                    "UPDATE jobs.queue SET claimed_by = NULL WHERE {which} RETURNING ckey1, ckey2"
+                ),
+                None,
+                &[pids.to_vec().into()],
+            )
+            .expect("releasing claims")
+            .map(|row| (row.get(1).ok().flatten(), row.get(2).ok().flatten()))
+            .collect()
+    });
+    let count = released.len() as i64;
+    super::flow::unblock(
+        released
+            .into_iter()
+            .flat_map(|(a, b)| a.into_iter().chain(b))
+            .collect(),
+    );
+    count
 }
 
 fn housekeeping() {
     Spi::run("DELETE FROM jobs.dedup_ids WHERE seen_at < now() - interval '24 hours'")
         .expect("expiring dedup ids");
+    Spi::run("DELETE FROM jobs.idempotency_keys WHERE seen_at < now() - interval '24 hours'")
+        .expect("expiring idempotency keys");
+    // A throttle whose theoretical arrival time has passed is as if new.
+    Spi::run("DELETE FROM jobs.throttles WHERE tat_us < (extract(epoch FROM now()) * 1e6)::int8")
+        .expect("forgetting idle throttles");
     // A fired instant is never due again; the record only has to outlive the
     // moment two expressions of one function could both fire it.
     Spi::run("DELETE FROM jobs.cron_fires WHERE scheduled_at < now() - interval '1 day'")

@@ -1,6 +1,7 @@
 //! Background workers: one launcher per server and the executors it keeps running.
 
 pub mod executor;
+mod flow;
 mod invoke;
 pub mod launcher;
 mod record;
@@ -41,23 +42,43 @@ fn in_plain_transaction<R>(f: impl FnOnce() -> R) -> R {
     result
 }
 
+thread_local! {
+    /// The extension's oid when this worker last locked it.
+    static EXTENSION: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::Oid::INVALID) };
+}
+
 /// Locks the extension for the transaction; false when it is not installed
 /// (or was dropped while this waited for the lock).
 fn lock_extension() -> bool {
-    let extension = unsafe { pg_sys::get_extension_oid(c"pg_jobs".as_ptr(), true) };
-    if extension == pg_sys::Oid::INVALID {
-        return false;
-    }
-    unsafe {
-        pg_sys::LockDatabaseObject(
-            pg_sys::ExtensionRelationId,
-            extension,
-            0,
-            pg_sys::AccessShareLock as pg_sys::LOCKMODE,
-        );
+    let mut extension = EXTENSION.with(std::cell::Cell::get);
+    loop {
+        if extension == pg_sys::Oid::INVALID {
+            extension = unsafe { pg_sys::get_extension_oid(c"pg_jobs".as_ptr(), true) };
+            if extension == pg_sys::Oid::INVALID {
+                return false;
+            }
+        }
+        unsafe {
+            pg_sys::LockDatabaseObject(
+                pg_sys::ExtensionRelationId,
+                extension,
+                0,
+                pg_sys::AccessShareLock as pg_sys::LOCKMODE,
+            );
+        }
         // Taking the lock processed invalidations: a drop that committed
-        // meanwhile is visible now.
-        pg_sys::get_extension_oid(c"pg_jobs".as_ptr(), true) == extension
+        // before is visible now (one that would come after waits for us).
+        let now = unsafe { pg_sys::get_extension_oid(c"pg_jobs".as_ptr(), true) };
+        if now == extension {
+            EXTENSION.with(|e| e.set(extension));
+            return true;
+        }
+        if now == pg_sys::Oid::INVALID {
+            EXTENSION.with(|e| e.set(pg_sys::Oid::INVALID));
+            return false;
+        }
+        // Dropped and created again since last time: lock the new one.
+        extension = now;
     }
 }
 

@@ -67,6 +67,8 @@ thread_local! {
 /// A run's end, written with the other ends of its round (`write_finished`).
 struct Finished {
     run: pgrx::Uuid,
+    /// Its function has flow control: singleton, debounce or batch state may name it.
+    flow: bool,
     status: &'static str,
     output: Option<String>,
     error: Option<JsonB>,
@@ -81,6 +83,7 @@ thread_local! {
 /// in this round: one statement instead of one per run.
 pub fn finish(
     run: pgrx::Uuid,
+    flow: bool,
     status: &'static str,
     output: Option<String>,
     failure: Option<&Failure>,
@@ -88,6 +91,7 @@ pub fn finish(
     FINISHED.with(|finished| {
         finished.borrow_mut().push(Finished {
             run,
+            flow,
             status,
             output,
             error: failure.map(|f| JsonB(f.to_json())),
@@ -103,7 +107,11 @@ pub fn write_finished() {
         return;
     }
     let (mut runs, mut statuses, mut outputs, mut errors) = (vec![], vec![], vec![], vec![]);
+    let mut with_flow = vec![];
     for end in finished {
+        if end.flow {
+            with_flow.push(end.run);
+        }
         runs.push(end.run);
         statuses.push(end.status);
         outputs.push(end.output);
@@ -114,23 +122,34 @@ pub fn write_finished() {
         "WITH ended AS (
                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[])
                     AS e (run_id, status, output, error)),
-              done AS (DELETE FROM jobs.queue q USING ended e WHERE q.run_id = e.run_id),
-              gone AS (DELETE FROM jobs.waits w USING ended e WHERE w.run_id = e.run_id),
+              done AS (DELETE FROM jobs.queue q WHERE q.run_id = ANY ($1)),
+              -- Flow-control state that a run of a function with flow control holds.
+              singleton AS (DELETE FROM jobs.singletons s WHERE s.run_id = ANY ($5)),
+              debounce AS (DELETE FROM jobs.debounces d WHERE d.run_id = ANY ($5)),
+              batch AS (DELETE FROM jobs.batches b WHERE b.run_id = ANY ($5)),
+              gone AS (DELETE FROM jobs.waits w WHERE w.run_id = ANY ($1)),
               run AS (UPDATE jobs.runs r SET status = e.status, output = e.output::jsonb, error = e.error,
                              ended_at = clock_timestamp()
-                      FROM ended e WHERE r.id = e.run_id
+                      FROM ended e WHERE r.id = ANY ($1) AND r.id = e.run_id
                       RETURNING r.parent_run_id, r.parent_step_id, e.status, e.output, e.error),
               parent AS (UPDATE jobs.steps s
                          SET status = CASE WHEN run.status = 'completed' THEN 'completed' ELSE 'failed' END,
                              output = run.output::jsonb, error = run.error, ended_at = clock_timestamp()
-                         FROM run WHERE s.run_id = run.parent_run_id AND s.id = run.parent_step_id
+                         FROM run WHERE s.run_id = ANY (ARRAY(SELECT parent_run_id FROM run))
+                                    AND s.run_id = run.parent_run_id AND s.id = run.parent_step_id
                                     AND s.status = 'waiting'
                          RETURNING s.run_id),
               parent_due AS (UPDATE jobs.queue q SET due_at = now()
-                             FROM parent p WHERE q.run_id = p.run_id AND q.step_id = ''
+                             WHERE q.run_id = ANY (ARRAY(SELECT run_id FROM parent)) AND q.step_id = ''
                              RETURNING 1)
          SELECT count(*) FROM parent_due",
-        vec![runs.into(), statuses.into(), outputs.into(), errors.into()],
+        vec![
+            runs.into(),
+            statuses.into(),
+            outputs.into(),
+            errors.into(),
+            with_flow.into(),
+        ],
     )
     .unwrap_or(0);
     if resumed > 0 {
@@ -292,8 +311,10 @@ pub fn plan(run: pgrx::Uuid, function: &str, steps: &[crate::replay::PlannedStep
             SELECT $1, id, name, 'run', 'queued' FROM planned
             ON CONFLICT (run_id, id) DO NOTHING
          ), tasks AS (
-            INSERT INTO jobs.queue (run_id, step_id, function_id, due_at, sql, args)
-            SELECT $1, id, $2, now(), sql, args::jsonb FROM planned
+            -- Each parallel step takes the run's concurrency slots of its own.
+            INSERT INTO jobs.queue (run_id, step_id, function_id, due_at, sql, args, ckey1, lim1, ckey2, lim2)
+            SELECT $1, p.id, $2, now(), p.sql, p.args::jsonb, r.ckey1, r.lim1, r.ckey2, r.lim2
+            FROM planned p LEFT JOIN jobs.queue r ON r.run_id = $1 AND r.step_id = ''
             ON CONFLICT (run_id, step_id) DO NOTHING
             RETURNING 1
          )

@@ -102,6 +102,10 @@ pub struct LoadedRun {
     pub id: pgrx::Uuid,
     /// Its place in the executor's published batch (shmem), to mark it started.
     pub batch_index: usize,
+    /// The concurrency keys whose slots it holds while claimed.
+    pub keys: Vec<String>,
+    /// Its function has flow control.
+    has_flow: bool,
     interrupted: bool,
     function_id: String,
     /// The function's owner, whose functions alone hear about the run's end.
@@ -166,13 +170,19 @@ macro_rules! claimed_runs_select {
                 f.owner::oid, coalesce(f.handler, ''),
                 quote_ident(n.nspname) || '.' || quote_ident(p.proname),
                 p.prorettype = 'pg_catalog.void'::pg_catalog.regtype,
-                jsonb_build_object('event', ev.event, 'events', jsonb_build_array(ev.event),
+                jsonb_build_object('event', ev.event, 'events',
+                    CASE WHEN f.flow ? 'batch' THEN coalesce((
+                        SELECT jsonb_agg(jsonb_build_object('id', be_e.id, 'name', be_e.name, 'data', be_e.data,
+                                                            'ts', be_e.ts) ORDER BY be.position)
+                        FROM jobs.batch_events be JOIN jobs.events be_e ON be_e.id = be.event_id
+                        WHERE be.run_id = r.id), jsonb_build_array(ev.event))
+                    ELSE jsonb_build_array(ev.event) END,
                     'run_id', r.id, 'function_id', r.function_id,
                     'attempt', r.attempt + ",
             $new_attempt,
             "::int)::text,
                 c.cancelled::text, p.proowner IS DISTINCT FROM f.handler_owner::oid,
-                coalesce(r.from_system_event, false)
+                coalesce(r.from_system_event, false), c.ckey1, c.ckey2, f.flow IS NOT NULL
          FROM claimed c
          LEFT JOIN jobs.runs r ON r.id = c.run_id AND c.step_id = ''
          LEFT JOIN jobs.events e ON e.id = r.event_id
@@ -194,6 +204,7 @@ pub fn claimed_run(
     id: pgrx::Uuid,
     interrupted: bool,
     batch_index: usize,
+    keys: Vec<String>,
 ) -> Option<ClaimedRun> {
     if row.get::<bool>(4).ok().flatten() != Some(true) {
         return None;
@@ -210,6 +221,8 @@ pub fn claimed_run(
         run: LoadedRun {
             id,
             batch_index,
+            keys,
+            has_flow: row.get(23).ok().flatten().unwrap_or(false),
             interrupted,
             function_id: row.get(6).ok().flatten().expect("function_id"),
             function_owner: owner.unwrap_or(pg_sys::Oid::INVALID),
@@ -234,6 +247,12 @@ pub struct ClaimedRun {
     /// Not started before this claim, so without steps.
     fresh: bool,
     run: LoadedRun,
+}
+
+impl ClaimedRun {
+    pub fn set_batch_index(&mut self, index: usize) {
+        self.run.batch_index = index;
+    }
 }
 
 /// Completes the claimed runs with the steps they have done. It only reads,
@@ -447,7 +466,7 @@ fn finish(
             .and_then(|mut ctx| ctx.get_mut("event").map(serde_json::Value::take))
             .unwrap_or_default()
     };
-    record::finish(run.id, status, output.clone(), failure);
+    record::finish(run.id, run.has_flow, status, output.clone(), failure);
     if run.user.from_system_event {
         // The loop rule: a run that a jobs/function.* event started (or one
         // descending from such a run) sends none of its own.
