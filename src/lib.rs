@@ -11,6 +11,9 @@ mod duration;
 mod errors;
 mod event_name;
 mod expr;
+// The executor, the SQL API and the fetcher worker use it next (issue 14).
+#[allow(dead_code, unused_imports)]
+mod fetch;
 mod gucs;
 mod pgtime;
 mod replay;
