@@ -427,7 +427,7 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
-    use crate::fetch::test_server::{Reply, TestServer};
+    use crate::fetch::test_server::{Reply, TestServer, TEST_CA};
     use crate::fetch::{prepare, AllowedHosts, FetchSpec, Policy, Secrets};
 
     const WAIT: Duration = Duration::from_secs(20);
@@ -772,6 +772,65 @@ mod tests {
         ));
         assert_eq!(failed.kind, FailureKind::Network, "{}", failed.message);
         assert!(server.requests().is_empty());
+    }
+
+    #[test]
+    fn https_certificates_are_checked_against_the_system_store() {
+        let server = TestServer::start_tls(|_| Reply::new(200, "secure"));
+        let harness = Harness::new();
+        let failed =
+            failure(harness.fetch(json!({"url": server.https_url("/")}), &server.host_port()));
+        assert_eq!(failed.kind, FailureKind::Network, "{}", failed.message);
+        assert!(
+            failed
+                .message
+                .contains("invalid peer certificate: UnknownIssuer"),
+            "{}",
+            failed.message
+        );
+        assert!(server.requests().is_empty());
+    }
+
+    /// The child test below, in a process of its own whose system store is
+    /// the test CA: rustls-native-certs reads `SSL_CERT_FILE` in place of the
+    /// system's files, as OpenSSL does, and the environment is the process's.
+    #[test]
+    fn https_works_with_a_certificate_the_system_trusts() {
+        let ca = std::env::temp_dir().join(format!("pg_jobs-fetch-ca-{}.pem", std::process::id()));
+        std::fs::write(&ca, TEST_CA).unwrap();
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "--nocapture"])
+            .arg("fetch::client::tests::https_child_trusting_the_test_ca")
+            .env("SSL_CERT_FILE", &ca)
+            .env_remove("SSL_CERT_DIR")
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&ca);
+        let stdout = String::from_utf8_lossy(&child.stdout);
+        assert!(
+            child.status.success() && stdout.contains("1 passed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&child.stderr)
+        );
+    }
+
+    #[test]
+    #[ignore = "run by https_works_with_a_certificate_the_system_trusts, with SSL_CERT_FILE set"]
+    fn https_child_trusting_the_test_ca() {
+        assert!(
+            std::env::var_os("SSL_CERT_FILE").is_some(),
+            "SSL_CERT_FILE is not set"
+        );
+        let server = TestServer::start_tls(|request| {
+            Reply::json(200, &json!({"key": request.header("idempotency-key")}))
+        });
+        let harness = Harness::new();
+        let value = value(harness.fetch(
+            json!({"url": server.https_url("/tls")}),
+            &server.host_port(),
+        ));
+        assert_eq!(value["body"], json!({"key": "run-7:send"}));
+        assert_eq!(server.requests()[0].path, "/tls");
     }
 
     #[test]

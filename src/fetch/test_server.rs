@@ -1,5 +1,6 @@
 //! A small HTTP/1.1 server on 127.0.0.1 for the client's tests: one thread
-//! per connection, one request per connection, every request recorded.
+//! per connection, one request per connection, every request recorded; over
+//! TLS with the certificate in testdata/ when asked.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -7,6 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -78,6 +83,18 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> TestServer {
+        TestServer::serve(handler, None)
+    }
+
+    /// Serves HTTPS with testdata/test-server.pem, signed by testdata/test-ca.pem.
+    pub fn start_tls(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> TestServer {
+        TestServer::serve(handler, Some(tls_config()))
+    }
+
+    fn serve(
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+        tls: Option<Arc<ServerConfig>>,
+    ) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
         let addr = listener.local_addr().unwrap();
         let handler: Handler = Arc::new(handler);
@@ -93,14 +110,20 @@ impl TestServer {
                         break;
                     }
                     let Ok(stream) = stream else { continue };
-                    let (handler, requests, active, max_active) = (
+                    let (handler, requests, active, max_active, tls) = (
                         handler.clone(),
                         requests.clone(),
                         active.clone(),
                         max_active.clone(),
+                        tls.clone(),
                     );
-                    std::thread::spawn(move || {
-                        serve_one(stream, &handler, &requests, &active, &max_active)
+                    std::thread::spawn(move || match tls {
+                        None => serve_one(stream, &handler, &requests, &active, &max_active),
+                        Some(config) => {
+                            let connection = ServerConnection::new(config).unwrap();
+                            let stream = StreamOwned::new(connection, stream);
+                            serve_one(stream, &handler, &requests, &active, &max_active)
+                        }
                     });
                 }
             })
@@ -116,6 +139,10 @@ impl TestServer {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.addr)
     }
 
     /// `127.0.0.1:PORT`, for the allowed hosts.
@@ -143,7 +170,26 @@ impl Drop for TestServer {
     }
 }
 
-fn read_request(stream: &TcpStream) -> Option<Recorded> {
+fn tls_config() -> Arc<ServerConfig> {
+    let certs = CertificateDer::pem_slice_iter(include_bytes!("testdata/test-server.pem"))
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(include_bytes!("testdata/test-server.key")).unwrap();
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// The test CA, for a client that is to trust the TLS server.
+pub const TEST_CA: &[u8] = include_bytes!("testdata/test-ca.pem");
+
+fn read_request(stream: impl Read) -> Option<Recorded> {
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
@@ -177,13 +223,13 @@ fn read_request(stream: &TcpStream) -> Option<Recorded> {
 }
 
 fn serve_one(
-    mut stream: TcpStream,
+    mut stream: impl Read + Write,
     handler: &Handler,
     requests: &Mutex<Vec<Recorded>>,
     active: &AtomicUsize,
     max_active: &AtomicUsize,
 ) {
-    let Some(request) = read_request(&stream) else {
+    let Some(request) = read_request(&mut stream) else {
         return;
     };
     requests.lock().unwrap().push(request.clone());
