@@ -6,7 +6,9 @@
 //! - One way in: [`Client::submit`] returns at once; each request ends in one
 //!   [`Completion`], collected with [`Client::try_recv`] or
 //!   [`Client::recv_timeout`]. After each completion the owner's [`Waker`]
-//!   runs (on the client's thread: it must only signal, e.g. set a latch).
+//!   runs (on the client's thread: it must only signal, see [`Waker`]).
+//! - Each request holds up to the size limit in memory until it completes:
+//!   the owner bounds that by capping [`Client::in_flight`].
 //! - The thread and every thread it starts (tokio's blocking pool, used for
 //!   DNS lookups) block all Unix signals: PostgreSQL's handlers must run on
 //!   the process's main thread only.
@@ -39,7 +41,11 @@ use super::hosts::{follow, is_redirect, MAX_REDIRECTS};
 use super::outcome::{classify, status_text, Failure, FailureKind, Outcome};
 use super::request::PreparedRequest;
 
-/// Called on the client's thread after each completion is queued.
+/// Called on the client's thread after each completion is queued. It must not
+/// call into PostgreSQL: pgrx panics on any call from a thread other than the
+/// main one. `libc::kill(libc::getpid(), libc::SIGUSR1)` wakes a background
+/// worker (its SIGUSR1 handler sets `MyLatch`); the signal reaches the main
+/// thread because this one blocks it.
 pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
 /// The name of the size setting, in the failure it causes.
