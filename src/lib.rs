@@ -12,6 +12,9 @@ mod errors;
 mod event_name;
 mod expr;
 mod flow;
+// The executor, the SQL API and the fetcher worker use it next (issue 14).
+#[allow(dead_code, unused_imports)]
+mod fetch;
 mod gucs;
 mod owners;
 mod pgtime;
