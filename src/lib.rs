@@ -35,6 +35,7 @@ extension_sql_file!(
     name = "operations",
     requires = [api::explain::workers]
 );
+extension_sql_file!("../sql/300_dashboard.sql", name = "dashboard");
 extension_sql_file!("../sql/900_security.sql", name = "security", finalize);
 
 #[pg_guard]
