@@ -27,7 +27,10 @@ fn cluster() -> &'static Cluster {
 
 fn run_status(client: &mut Client, id: &str) -> String {
     client
-        .query_one("SELECT status FROM jobs.runs WHERE id = $1::text::uuid", &[&id])
+        .query_one(
+            "SELECT status FROM jobs.runs WHERE id = $1::text::uuid",
+            &[&id],
+        )
         .unwrap()
         .get(0)
 }
@@ -114,7 +117,11 @@ fn send_event_form_calls_jobs_send_and_reports_its_errors() {
 
     let sent = server.post(
         "/send",
-        &[("csrf", &token), ("name", "form/echo"), ("data", "{\"n\": 7}")],
+        &[
+            ("csrf", &token),
+            ("name", "form/echo"),
+            ("data", "{\"n\": 7}"),
+        ],
     );
     assert_eq!(sent.status, 303, "{}", sent.body);
     let location = sent.location.unwrap();
@@ -138,10 +145,17 @@ fn send_event_form_calls_jobs_send_and_reports_its_errors() {
     );
     assert_eq!(not_json.status, 400);
     assert!(not_json.body.contains("22P02"), "{}", not_json.body);
-    assert!(not_json.body.contains("{n: 7"), "the form keeps what was typed");
+    assert!(
+        not_json.body.contains("{n: 7"),
+        "the form keeps what was typed"
+    );
     let breaks_schema = server.post(
         "/send",
-        &[("csrf", &token), ("name", "form/strict"), ("data", "{\"userId\": 42}")],
+        &[
+            ("csrf", &token),
+            ("name", "form/strict"),
+            ("data", "{\"userId\": 42}"),
+        ],
     );
     assert_eq!(breaks_schema.status, 400);
     assert!(breaks_schema.body.contains("22023"));
@@ -149,18 +163,27 @@ fn send_event_form_calls_jobs_send_and_reports_its_errors() {
     assert!(breaks_schema.body.contains("data-schema=\"form/strict\""));
     let reserved = server.post(
         "/send",
-        &[("csrf", &token), ("name", "jobs/function.finished"), ("data", "{}")],
+        &[
+            ("csrf", &token),
+            ("name", "jobs/function.finished"),
+            ("data", "{}"),
+        ],
     );
     assert_eq!(reserved.status, 400);
-    assert_eq!(count(&mut c, "SELECT count(*) FROM jobs.events"), events_before);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM jobs.events"),
+        events_before
+    );
 }
 
 #[test]
 fn posts_need_the_token_and_this_origin() {
     let cluster = cluster();
     let mut c = cluster.connect();
-    c.batch_execute("SELECT jobs.create_function('csrf-target', 'echo(jsonb)', '{\"event\": \"csrf/x\"}')")
-        .unwrap();
+    c.batch_execute(
+        "SELECT jobs.create_function('csrf-target', 'echo(jsonb)', '{\"event\": \"csrf/x\"}')",
+    )
+    .unwrap();
     let server = Server::start(cluster, "postgres");
     let paused = |c: &mut Client| {
         count(
@@ -172,15 +195,26 @@ fn posts_need_the_token_and_this_origin() {
     assert_eq!(server.post("/functions/csrf-target/pause", &[]).status, 403);
     assert_eq!(
         server
-            .post("/functions/csrf-target/pause", &[("csrf", "0".repeat(64).as_str())])
+            .post(
+                "/functions/csrf-target/pause",
+                &[("csrf", "0".repeat(64).as_str())]
+            )
             .status,
         403
     );
     assert_eq!(
-        server.post("/send", &[("name", "csrf/x"), ("data", "{}")]).status,
+        server
+            .post("/send", &[("name", "csrf/x"), ("data", "{}")])
+            .status,
         403
     );
-    assert_eq!(count(&mut c, "SELECT count(*) FROM jobs.events WHERE name = 'csrf/x'"), 0);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM jobs.events WHERE name = 'csrf/x'"
+        ),
+        0
+    );
     let token = server.csrf();
     let url = format!("{}/functions/csrf-target/pause", server.url);
     assert_eq!(
@@ -199,7 +233,10 @@ fn posts_need_the_token_and_this_origin() {
         "/functions/csrf-target/pause",
         &[("csrf", &token), ("back", "/functions")],
     );
-    assert_eq!((done.status, done.location.as_deref()), (303, Some("/functions")));
+    assert_eq!(
+        (done.status, done.location.as_deref()),
+        (303, Some("/functions"))
+    );
     assert_eq!(paused(&mut c), 1);
     let page = server.get("/functions/csrf-target");
     assert!(page.body.contains(">Resume<"));
@@ -241,16 +278,23 @@ fn invoke_and_cancel() {
 
     c.batch_execute("SELECT jobs.send('nap/start')").unwrap();
     let run_id: String = c
-        .query_one("SELECT id::text FROM jobs.runs WHERE function_id = 'nap-fn'", &[])
+        .query_one(
+            "SELECT id::text FROM jobs.runs WHERE function_id = 'nap-fn'",
+            &[],
+        )
         .unwrap()
         .get(0);
-    eventually("the run sleeps", || run_status(&mut c, &run_id) == "sleeping");
+    eventually("the run sleeps", || {
+        run_status(&mut c, &run_id) == "sleeping"
+    });
     let page = server.get(&format!("/runs/{run_id}"));
     assert!(page.body.contains("data-live") && page.body.contains(">Cancel<"));
     assert!(page.body.contains("data-kind=\"sleep\""));
     let cancelled = server.post(&format!("/runs/{run_id}/cancel"), &[("csrf", &token)]);
     assert_eq!(cancelled.status, 303);
-    eventually("the run is cancelled", || run_status(&mut c, &run_id) == "cancelled");
+    eventually("the run is cancelled", || {
+        run_status(&mut c, &run_id) == "cancelled"
+    });
     let page = server.get(&format!("/runs/{run_id}"));
     assert!(!page.body.contains("data-live") && !page.body.contains(">Cancel<"));
     let again = server.post(&format!("/runs/{run_id}/cancel"), &[("csrf", &token)]);
@@ -300,7 +344,10 @@ fn runs_list_pages_and_filters() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(seen, expected, "three pages, newest first, no gaps or repeats");
+    assert_eq!(
+        seen, expected,
+        "three pages, newest first, no gaps or repeats"
+    );
 
     let completed = server.get("/runs?function=many&status=completed");
     assert_eq!(ids(&completed.body).len(), 50);
@@ -335,11 +382,16 @@ fn values_from_the_database_are_escaped() {
     assert_eq!(page.status, 200);
     assert!(!page.body.contains("<script>alert"), "{}", page.body);
     assert!(!page.body.contains("<img"));
-    assert!(page.body.contains("xss/&lt;script&gt;alert(1)&lt;/script&gt;&quot;&gt;&lt;img"));
+    assert!(page
+        .body
+        .contains("xss/&lt;script&gt;alert(1)&lt;/script&gt;&quot;&gt;&lt;img"));
     let csp = page.header("content-security-policy").unwrap();
     assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"));
     assert_eq!(page.header("x-frame-options"), Some("DENY"));
-    assert!(page.header("server-timing").unwrap().starts_with("app;dur="));
+    assert!(page
+        .header("server-timing")
+        .unwrap()
+        .starts_with("app;dur="));
 }
 
 #[test]
@@ -371,7 +423,10 @@ fn rerun_buttons_only_where_jobs_rerun_exists() {
     .unwrap();
     wait_for_runs(&mut c, "rerun-me", 1);
     let run_id: String = c
-        .query_one("SELECT id::text FROM jobs.runs WHERE function_id = 'rerun-me'", &[])
+        .query_one(
+            "SELECT id::text FROM jobs.runs WHERE function_id = 'rerun-me'",
+            &[],
+        )
         .unwrap()
         .get(0);
     let server = Server::start(cluster, "postgres");
@@ -385,7 +440,10 @@ fn rerun_buttons_only_where_jobs_rerun_exists() {
         let token = server.csrf();
         let rerun = server.post(&format!("/runs/{run_id}/rerun"), &[("csrf", &token)]);
         assert_eq!(rerun.status, 303, "{}", rerun.body);
-        assert_ne!(rerun.location.as_deref(), Some(format!("/runs/{run_id}").as_str()));
+        assert_ne!(
+            rerun.location.as_deref(),
+            Some(format!("/runs/{run_id}").as_str())
+        );
         wait_for_runs(&mut c, "rerun-me", 2);
     }
 }

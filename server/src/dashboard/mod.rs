@@ -294,7 +294,12 @@ mod tests {
             "?function=a%26b%3Dc"
         );
         assert_eq!(local_path(Some("/runs"), "/x".into()), "/runs");
-        for hostile in ["//evil.example/", "https://evil.example/", "/\\evil", "runs"] {
+        for hostile in [
+            "//evil.example/",
+            "https://evil.example/",
+            "/\\evil",
+            "runs",
+        ] {
             assert_eq!(local_path(Some(hostile), "/x".into()), "/x");
         }
     }

@@ -42,7 +42,12 @@ pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
     if let Ok(at) = DateTime::parse_from_rfc3339(text) {
         return Some(at.with_timezone(&Utc));
     }
-    for format in ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"] {
+    for format in [
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+    ] {
         if let Ok(at) = NaiveDateTime::parse_from_str(text, format) {
             return Some(at.and_utc());
         }
@@ -60,9 +65,7 @@ fn set(value: &Option<String>) -> Option<&str> {
 fn run_filter(q: &ListQuery) -> Result<RunFilter, (&'static str, String)> {
     let time = |field: &'static str, value: &Option<String>| match set(value) {
         None => Ok(None),
-        Some(text) => parse_time(text)
-            .map(Some)
-            .ok_or((field, text.to_string())),
+        Some(text) => parse_time(text).map(Some).ok_or((field, text.to_string())),
     };
     let status = set(&q.status).map(str::to_string);
     if let Some(s) = &status {

@@ -156,7 +156,10 @@ mod tests {
         assert_eq!(format_duration(1500.0), "1.5 s");
         assert_eq!(format_duration(125_000.0), "2 min 5 s");
         assert_eq!(format_duration(120_000.0), "2 min");
-        assert_eq!(format_duration(3.0 * 3_600_000.0 + 20.0 * 60_000.0), "3 h 20 min");
+        assert_eq!(
+            format_duration(3.0 * 3_600_000.0 + 20.0 * 60_000.0),
+            "3 h 20 min"
+        );
         assert_eq!(format_duration(7.0 * 86_400_000.0), "7 d");
         assert_eq!(format_duration(7.0 * 86_400_000.0 + 3_600_000.0), "7 d 1 h");
         assert_eq!(duration_between(t(10), t(0)), "0.00 ms");

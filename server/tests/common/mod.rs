@@ -19,7 +19,13 @@ impl Server {
     pub fn start(cluster: &Cluster, role: &str) -> Server {
         let database_url = format!("postgresql://{role}@127.0.0.1:{}/postgres", cluster.port);
         let mut child = Command::new(env!("CARGO_BIN_EXE_pg-jobs"))
-            .args(["serve", "--database-url", &database_url, "--listen", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--database-url",
+                &database_url,
+                "--listen",
+                "127.0.0.1:0",
+            ])
             .env_remove("DATABASE_URL")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
