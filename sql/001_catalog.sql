@@ -9,12 +9,19 @@ CREATE TABLE jobs.functions (
     config      jsonb NOT NULL DEFAULT '{}',
     -- Role whose privileges the handler runs with: the one that defined the function.
     owner       regrole NOT NULL,
+    -- Owner of the handler when the function was defined: a handler that
+    -- another role re-created under the same name never runs.
+    handler_owner regrole NOT NULL,
+    -- Roles besides the owner's members that may invoke it (config key
+    -- "invokers"; '-', role 0, stands for PUBLIC).
+    invokers    regrole[] NOT NULL DEFAULT '{}',
     paused      boolean NOT NULL DEFAULT false,
     -- Derived from config by create_function, so that the executor does not parse it.
     max_attempts int NOT NULL,
     backoff     jsonb NOT NULL,
     max_runtime interval,
-    filter      jsonpath,
+    -- The `if` filter (CEL), checked.
+    filter      text,
     -- cancel_on, checked: [{"event", "match_path", "condition", "timeout_ms"}].
     cancel_on   jsonb,
     -- Set on the function create_function made for another's on_failure.
@@ -42,7 +49,11 @@ CREATE TABLE jobs.events (
     -- The sender's deduplication id (jobs.send's id argument).
     dedup_id    text,
     -- Set when dedup_id was already seen within 24 hours: recorded, started nothing.
-    duplicate_of uuid
+    duplicate_of uuid,
+    -- For pg_jobs' own events about a run (jobs/function.*): the owner of its
+    -- function. Only that owner's functions receive them, and row-level
+    -- security shows them only to its members.
+    owner       regrole
 );
 CREATE INDEX events_name_received_at ON jobs.events (name, received_at);
 
@@ -77,7 +88,11 @@ CREATE TABLE jobs.runs (
     ended_at    timestamptz,
     -- For a run started by jobs.invoke: the run and step waiting for it.
     parent_run_id  uuid,
-    parent_step_id text
+    parent_step_id text,
+    -- Started, directly or through jobs.invoke and events its code sent, by a
+    -- jobs/function.* event: its own end sends no jobs/function.* event, so
+    -- that such events cannot start each other in a loop.
+    from_system_event boolean NOT NULL DEFAULT false
 );
 CREATE INDEX runs_function_id_created_at ON jobs.runs (function_id, created_at);
 CREATE INDEX runs_event_id ON jobs.runs (event_id);
@@ -159,8 +174,8 @@ CREATE TABLE jobs.waits (
     -- when any event of the name will do (so that every lookup is by index).
     match_path  text[] NOT NULL,
     match_value jsonb NOT NULL,
-    -- A predicate over {"event": trigger, "async": new event}.
-    condition   jsonpath,
+    -- A CEL predicate over event (the trigger) and async (the new event).
+    condition   text,
     trigger     jsonb,
     created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     expires_at  timestamptz,

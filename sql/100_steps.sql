@@ -11,7 +11,7 @@ CREATE TYPE jobs.step_spec AS (id text, sql text, args jsonb);
 CREATE FUNCTION jobs.step(id text, sql text, args jsonb DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    done jsonb := jobs._step(id, sql, args);
+    done jsonb := jobs._step(id, sql, args)::jsonb;
 BEGIN
     IF done ? 'error' THEN
         RAISE EXCEPTION USING
@@ -32,7 +32,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     done jsonb;
 BEGIN
-    SELECT jobs._parallel(array_agg(s.id ORDER BY s.n), array_agg(s.sql ORDER BY s.n), array_agg(s.args ORDER BY s.n))
+    SELECT jobs._parallel(array_agg(s.id ORDER BY s.n), array_agg(s.sql ORDER BY s.n), array_agg(s.args::text ORDER BY s.n))::jsonb
     INTO done
     FROM unnest(steps) WITH ORDINALITY AS s (id, sql, args, n);
     IF done ? 'error' THEN
@@ -48,13 +48,13 @@ $$;
 
 CREATE FUNCTION jobs.wait_for_event(id text, event text, timeout interval,
                                     match text DEFAULT NULL, condition text DEFAULT NULL) RETURNS jsonb
-LANGUAGE sql AS $$ SELECT jobs._wait_for_event(id, event, timeout, match, condition) $$;
+LANGUAGE sql AS $$ SELECT jobs._wait_for_event(id, event, timeout, match, condition)::jsonb $$;
 
 CREATE FUNCTION jobs.invoke(id text, function_id text, data jsonb DEFAULT '{}', timeout interval DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    done jsonb := jobs._invoke(id, function_id, data, timeout);
+    done jsonb := jobs._invoke(id, function_id, data, timeout)::jsonb;
 BEGIN
     IF done ? 'error' THEN
         RAISE EXCEPTION USING

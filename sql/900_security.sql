@@ -10,7 +10,7 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA jobs FROM PUBLIC;
 GRANT USAGE ON SCHEMA jobs TO PUBLIC;
 GRANT EXECUTE ON FUNCTION
     jobs.step(text, text, jsonb), jobs._step(text, text, jsonb),
-    jobs.plan(text, text, jsonb), jobs.parallel(jobs.step_spec[]), jobs._parallel(text[], text[], jsonb[]),
+    jobs.plan(text, text, jsonb), jobs.parallel(jobs.step_spec[]), jobs._parallel(text[], text[], text[]),
     jobs.sleep(text, interval), jobs.sleep_until(text, timestamptz),
     jobs.wait_for_event(text, text, interval, text, text), jobs._wait_for_event(text, text, interval, text, text),
     jobs.invoke(text, text, jsonb, interval), jobs._invoke(text, text, jsonb, interval),
@@ -24,6 +24,13 @@ GRANT SELECT ON jobs.workers TO PUBLIC;
 -- owns (is a member of the owner of), not those of other roles.
 ALTER TABLE jobs.functions ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner_only ON jobs.functions USING (pg_catalog.pg_has_role(owner, 'MEMBER'));
+
+-- Application events are shown to whoever may read the table; pg_jobs' own
+-- events about a run (they carry its output or error) only to members of the
+-- owner of its function.
+ALTER TABLE jobs.events ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_events_or_app_events ON jobs.events USING (
+    owner IS NULL OR pg_catalog.pg_has_role(owner, 'MEMBER'));
 
 ALTER TABLE jobs.runs ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner_only ON jobs.runs USING (EXISTS (

@@ -19,7 +19,7 @@ const DEFAULT_EXPONENTIAL_MAX: Duration = Duration::from_secs(3600);
 #[derive(Debug, Clone, PartialEq)]
 pub struct FunctionConfig {
     pub triggers: Vec<event_name::Pattern>,
-    /// The `if` filter as an SQL/JSON path predicate over `{"event": ...}`.
+    /// The `if` filter: a CEL predicate over `event`, checked.
     pub filter: Option<String>,
     pub max_attempts: u32,
     pub backoff: Backoff,
@@ -29,6 +29,9 @@ pub struct FunctionConfig {
     pub on_failure: Option<String>,
     /// Cron schedules, in their time zones.
     pub crons: Vec<cron::Cron>,
+    /// Roles, besides the owner's members, that may invoke the function
+    /// (`"public"` for all), by name.
+    pub invokers: Vec<String>,
 }
 
 /// An event that cancels a run (Inngest's `cancelOn`).
@@ -37,7 +40,7 @@ pub struct CancelOn {
     pub event: String,
     /// Field of the cancelling event that must equal the triggering event's.
     pub match_path: Option<Vec<String>>,
-    /// SQL/JSON path predicate over `{"event": trigger, "async": cancelling event}`.
+    /// CEL predicate over `event` (the trigger) and `async` (the cancelling event), checked.
     pub condition: Option<String>,
     /// How long after the run starts the cancellation stays possible.
     pub timeout: Option<Duration>,
@@ -106,6 +109,7 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("cancel_on", Some("cancelOn")),
     ("timeouts", None),
     ("on_failure", Some("onFailure")),
+    ("invokers", None),
 ];
 
 const SUPPORTED: &[&str] = &[
@@ -117,6 +121,7 @@ const SUPPORTED: &[&str] = &[
     "max_runtime",
     "cancel_on",
     "on_failure",
+    "invokers",
 ];
 
 /// Resolves aliases, refuses unknown and duplicated keys.
@@ -188,10 +193,8 @@ pub fn parse(config: &Value) -> Result<FunctionConfig, ConfigError> {
                     "must be an expression string such as \"event.data.amount > 100\"",
                 ));
             };
-            Some(
-                expr::to_jsonpath(source, &["event"])
-                    .map_err(|e| invalid("if", value, e.to_string()))?,
-            )
+            expr::compile(source, expr::EVENT).map_err(|e| invalid("if", value, e.to_string()))?;
+            Some(source.clone())
         }
     };
     let (max_attempts, backoff) = match object.get("retries") {
@@ -225,7 +228,12 @@ pub fn parse(config: &Value) -> Result<FunctionConfig, ConfigError> {
             ))
         }
     };
+    let invokers = match object.get("invokers") {
+        None => Vec::new(),
+        Some(value) => parse_invokers(value)?,
+    };
     Ok(FunctionConfig {
+        invokers,
         triggers,
         filter,
         max_attempts,
@@ -361,10 +369,11 @@ fn parse_cancel_on(value: &Value) -> Result<Vec<CancelOn>, ConfigError> {
             };
             let condition = match object.get("if") {
                 None => None,
-                Some(Value::String(source)) => Some(
-                    expr::to_jsonpath(source, &["event", "async"])
-                        .map_err(|e| invalid(&key("if"), &object["if"], e.to_string()))?,
-                ),
+                Some(Value::String(source)) => {
+                    expr::compile(source, expr::EVENT_AND_ASYNC)
+                        .map_err(|e| invalid(&key("if"), &object["if"], e.to_string()))?;
+                    Some(source.clone())
+                }
                 Some(other) => {
                     return Err(invalid(&key("if"), other, "must be an expression string"))
                 }
@@ -381,6 +390,36 @@ fn parse_cancel_on(value: &Value) -> Result<Vec<CancelOn>, ConfigError> {
                 condition,
                 timeout,
             })
+        })
+        .collect()
+}
+
+/// Most roles `invokers` may name.
+pub const MAX_INVOKERS: usize = 64;
+
+fn parse_invokers(value: &Value) -> Result<Vec<String>, ConfigError> {
+    let names: Vec<&Value> = match value {
+        Value::String(_) => vec![value],
+        Value::Array(items) if items.len() <= MAX_INVOKERS => items.iter().collect(),
+        _ => {
+            return Err(invalid(
+                "invokers",
+                value,
+                format!(
+                    "must be a role name, \"public\", or an array of up to {MAX_INVOKERS} of them"
+                ),
+            ))
+        }
+    };
+    names
+        .into_iter()
+        .map(|name| match name {
+            Value::String(text) if !text.is_empty() && text.len() <= 63 => Ok(text.clone()),
+            other => Err(invalid(
+                "invokers",
+                value,
+                format!("{other} is not a role name"),
+            )),
         })
         .collect()
 }
@@ -563,7 +602,7 @@ mod tests {
                 .unwrap();
         assert_eq!(c.triggers.len(), 2);
         assert!(c.triggers[0].wildcard);
-        assert_eq!(c.filter.as_deref(), Some(r#"$.event."data"."n" > 1"#));
+        assert_eq!(c.filter.as_deref(), Some("event.data.n > 1"));
     }
 
     #[test]
@@ -727,6 +766,11 @@ mod tests {
             .contains("no \"cron\""));
         assert_eq!(err(json!({"cron": []})).key, "cron");
         assert_eq!(err(json!({"cron": 5})).key, "cron");
+        let e = err(json!({"cron": "*/60 * * * *"}));
+        assert_eq!(e.key, "cron");
+        assert!(e.message.contains("minute step"), "{e}");
+        let with_reboot = parse(&json!({"cron": ["@reboot", "0 3 * * *"]})).unwrap();
+        assert!(with_reboot.crons[0].is_reboot() && !with_reboot.crons[1].is_reboot());
     }
 
     #[test]

@@ -24,6 +24,17 @@ pub fn invalid(message: impl Into<String>) -> ! {
     raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message)
 }
 
+/// Deepest JSON pg_jobs reads (serde_json's limit; its parser recurses).
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// 54001: a JSON argument nests deeper than pg_jobs reads.
+pub fn too_deep(field: &str) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_STATEMENT_TOO_COMPLEX,
+        format!("{field} nests deeper than {MAX_JSON_DEPTH} levels, which pg_jobs does not read"),
+    )
+}
+
 /// 42704: no pg_jobs function has this id.
 pub fn unknown_function(id: &str) -> ! {
     raise(

@@ -14,6 +14,8 @@ pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16);
 pub static MAX_EVENT_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(512);
+/// Default bound of one attempt where a function sets no `max_runtime`: 15 minutes.
+pub static MAX_RUNTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(15 * 60 * 1000);
 
 /// Sets a PostgreSQL setting until the GUC nest level `NewGUCNestLevel`
 /// opened last is closed (`AtEOXact_GUC`), or its (sub)transaction aborts.
@@ -108,7 +110,7 @@ pub fn define(preloading: bool) {
         c"Claimed runs are executed one after another and committed together.",
         &BATCH_SIZE,
         1,
-        1000,
+        crate::shmem::MAX_BATCH as i32,
         GucContext::Sighup,
         GucFlags::default(),
     );
@@ -121,6 +123,16 @@ pub fn define(preloading: bool) {
         1024 * 1024,
         GucContext::Suset,
         GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"jobs.max_runtime",
+        c"Longest an attempt of a function without max_runtime may run.",
+        c"A step or handler call running longer is cancelled and counts as a failed attempt; 0 means no limit.",
+        &MAX_RUNTIME_MS,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
     );
     #[cfg(not(any(feature = "pg13", feature = "pg14")))]
     unsafe {
@@ -141,4 +153,10 @@ pub fn database() -> String {
 
 pub fn max_event_size_bytes() -> usize {
     MAX_EVENT_SIZE_KB.get() as usize * 1024
+}
+
+/// `jobs.max_runtime`, unless it is 0 (no limit).
+pub fn default_max_runtime() -> Option<std::time::Duration> {
+    let ms = MAX_RUNTIME_MS.get();
+    (ms > 0).then(|| std::time::Duration::from_millis(ms as u64))
 }

@@ -12,9 +12,11 @@ mod errors;
 mod event_name;
 mod expr;
 mod gucs;
+mod owners;
 mod pgtime;
 mod replay;
 mod shmem;
+mod stack;
 mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -46,6 +48,7 @@ pub extern "C-unwind" fn _PG_init() {
     }
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
     gucs::define(preloading);
+    owners::install_hook();
     if !preloading {
         // Loaded by CREATE EXTENSION or a first call in one session: the API
         // works, but there are no workers; every entry point says so.

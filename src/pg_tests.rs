@@ -589,6 +589,13 @@ mod tests {
         );
         Spi::run("SELECT jobs.delete_function('tokyo')").unwrap();
         assert_eq!(count("SELECT count(*) FROM jobs.schedules"), 0);
+        // @reboot has no instant of its own: due never, fired by the launcher at start.
+        Spi::run("SELECT jobs.create_function('on-start', 'handler(jsonb)', '{\"cron\": [\"@reboot\", \"0 3 * * *\"]}')").unwrap();
+        assert_eq!(
+            count("SELECT count(*) FROM jobs.schedules WHERE function_id = 'on-start' AND (expression = '@reboot' AND next_fire_at = 'infinity' OR expression = '0 3 * * *' AND next_fire_at <= now() + interval '1 day')"),
+            2
+        );
+        Spi::run("SELECT jobs.delete_function('on-start')").unwrap();
     }
 
     #[pg_test]
@@ -605,6 +612,11 @@ mod tests {
             "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"cron\": \"@fortnightly\"}')",
             "22023",
             &["@fortnightly", "descriptor"],
+        );
+        expect_error(
+            "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"cron\": [\"0 9 * * *\", \"*/60 * * * *\"]}')",
+            "22023",
+            &["\"cron\"", "*/60 * * * *", "minute step must be a number from 1 to 59"],
         );
         expect_error(
             "SELECT jobs.create_function('f', 'handler(jsonb)', '{\"cron\": \"0 0 31 2 *\"}')",

@@ -68,7 +68,7 @@ pub struct PlannedWait {
     pub timeout_ms: i64,
     /// Field of the awaited event that must equal the triggering event's.
     pub match_path: Option<Vec<String>>,
-    /// SQL/JSON path predicate over `{"event": trigger, "async": awaited}`.
+    /// CEL predicate over `event` (the trigger) and `async` (the awaited event).
     pub condition: Option<String>,
 }
 

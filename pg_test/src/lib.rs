@@ -207,8 +207,13 @@ impl Cluster {
 
     /// A new connection, retried while the server (re)starts.
     pub fn connect(&self) -> Client {
+        self.connect_as("postgres", "postgres")
+    }
+
+    /// A connection as `user` to `database` (authentication is trust).
+    pub fn connect_as(&self, user: &str, database: &str) -> Client {
         let params = format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            "host=127.0.0.1 port={} user={user} dbname={database}",
             self.port
         );
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -330,4 +335,26 @@ pub fn wait_for_runs(client: &mut Client, function_id: &str, count: usize) -> Ve
 
 pub fn count(client: &mut Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).unwrap().get(0)
+}
+
+/// The SQLSTATE of a failed statement, or "ok".
+pub fn sqlstate<T>(result: Result<T, postgres::Error>) -> String {
+    match result {
+        Ok(_) => "ok".into(),
+        Err(e) => e
+            .as_db_error()
+            .map(|d| d.code().code().to_string())
+            .unwrap_or_else(|| format!("not a database error: {e}")),
+    }
+}
+
+/// The message of a failed statement.
+pub fn error_message<T>(result: Result<T, postgres::Error>) -> String {
+    match result {
+        Ok(_) => String::new(),
+        Err(e) => e
+            .as_db_error()
+            .map(|d| format!("{} {}", d.message(), d.detail().unwrap_or_default()))
+            .unwrap_or_else(|| e.to_string()),
+    }
 }

@@ -1,4 +1,8 @@
 //! Cron schedules: fired by the launcher, once per instant, through crashes.
+//!
+//! The day rule (`*/2` in a day field) and daylight saving time cannot be
+//! shown on a real clock (a seconds-field schedule stands in for neither):
+//! the pure tests in src/cron.rs check them against an oracle.
 
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -261,4 +265,116 @@ fn after_downtime_a_schedule_runs_once_for_the_latest_missed_instant() {
     );
     c.batch_execute("SELECT jobs.delete_function('downtime')")
         .unwrap();
+}
+
+fn launcher_pid(c: &mut Client) -> i32 {
+    c.query_one(
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_jobs launcher'",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
+fn now_epoch() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[test]
+fn reboot_runs_once_per_server_start() {
+    let (cluster, _turn) = cluster();
+    let mut c = cluster.connect();
+    // Two spellings, one function: one run per start. The witness shows
+    // that the launcher went round after each event.
+    c.batch_execute(
+        r#"SELECT jobs.create_function('on-start', 'tick(jsonb)', '{"cron": ["@reboot", "@restart"]}');
+           SELECT jobs.create_function('witness', 'tick(jsonb)', '{"cron": "* * * * * *"}');"#,
+    )
+    .unwrap();
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM jobs.schedules WHERE function_id = 'on-start' AND next_fire_at = 'infinity' AND last_fired_at IS NULL"),
+        2
+    );
+    let witnessed = ticks(&mut c, "witness").len();
+    wait_for_ticks(&mut c, "witness", witnessed + 2);
+    assert!(
+        ticks(&mut c, "on-start").is_empty(),
+        "a schedule added after the start waits for the next start"
+    );
+
+    // A clean start.
+    cluster.stop_immediately();
+    let stopped = now_epoch();
+    cluster.start_server();
+    cluster.wait_for_executors(2);
+    let mut c = cluster.connect();
+    let first = wait_for_ticks(&mut c, "on-start", 1);
+    assert!(
+        first[0].0 > stopped && first[0].0 < now_epoch(),
+        "the run is for this start: {first:?}, stopped at {stopped}"
+    );
+
+    // The launcher alone restarts (SIGTERM; the postmaster starts it again): no new run.
+    let launcher = launcher_pid(&mut c);
+    c.query_one("SELECT pg_terminate_backend($1)", &[&launcher])
+        .unwrap();
+    wait_until("a new launcher", Duration::from_secs(30), || {
+        let mut c = cluster.connect();
+        c.query_opt(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_jobs launcher' AND pid <> $1",
+            &[&launcher],
+        )
+        .unwrap()
+        .is_some()
+    });
+    let witnessed = ticks(&mut c, "witness").len();
+    wait_for_ticks(&mut c, "witness", witnessed + 2);
+    assert_eq!(
+        ticks(&mut c, "on-start"),
+        first,
+        "no run for a launcher restart"
+    );
+
+    // A crash: the postmaster sets shared memory up again, a new start.
+    let before = cluster.executor_pids(&mut c);
+    kill_9(launcher_pid(&mut c));
+    cluster.wait_for_new_executors(2, &before);
+    let mut c = cluster.connect();
+    let runs = wait_for_ticks(&mut c, "on-start", 2);
+    assert!(runs[1].0 > first[0].0, "{runs:?}");
+    assert!(
+        runs.iter().all(|(_, n)| *n == 1),
+        "one run per start: {runs:?}"
+    );
+    let crons: Vec<String> = c
+        .query(
+            "SELECT DISTINCT cron FROM ticks WHERE function_id = 'on-start'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(
+        crons
+            .iter()
+            .all(|cron| cron == "@reboot" || cron == "@restart"),
+        "{crons:?}"
+    );
+    let last: f64 = c
+        .query_one(
+            "SELECT extract(epoch FROM max(last_fired_at))::float8 FROM jobs.schedules WHERE function_id = 'on-start'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(last, runs[1].0);
+    assert!(cluster.log().contains("@reboot schedule(s) started a run"));
+    c.batch_execute(
+        "SELECT jobs.delete_function('on-start'); SELECT jobs.delete_function('witness')",
+    )
+    .unwrap();
 }

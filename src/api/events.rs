@@ -19,6 +19,9 @@ pub struct NewEvent {
     pub data: pg_sys::Datum,
     pub dedup_id: Option<String>,
     pub ts: Option<TimestampWithTimeZone>,
+    /// For pg_jobs' own events about a run: the owner of its function, the
+    /// only role (with its members) whose functions and waits receive it.
+    pub owner: Option<pg_sys::Oid>,
 }
 
 #[pg_extern(name = "send", volatile, parallel_unsafe)]
@@ -36,12 +39,13 @@ fn send(
 
 #[pg_extern(name = "send", volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn send_batch(events: Option<JsonB>) -> Vec<pgrx::Uuid> {
+fn send_batch(events: Option<JsonbDatum>) -> Vec<pgrx::Uuid> {
     warn_not_preloaded();
-    let items = match events.map(|e| e.0) {
-        Some(Value::Array(items)) => items,
-        Some(object @ Value::Object(_)) => vec![object],
-        Some(other) => invalid(format!(
+    let items = match events.map(|e| e.to_value()) {
+        Some(Ok(Value::Array(items))) => items,
+        Some(Ok(object @ Value::Object(_))) => vec![object],
+        Some(Err(_)) => crate::errors::too_deep("events"),
+        Some(Ok(other)) => invalid(format!(
             "events must be a JSON array of {{\"name\", \"data\"}} objects, got {}",
             json_kind(&other)
         )),
@@ -194,6 +198,7 @@ fn check_event(
         data: data.0,
         dedup_id: id.map(str::to_string),
         ts,
+        owner: None,
     }
 }
 
@@ -204,6 +209,30 @@ thread_local! {
     static INSERT_EVENT_AND_RUNS: StatementCache = const { StatementCache::new() };
     static MATCH_WAITS: StatementCache = const { StatementCache::new() };
     static LISTENED: StatementCache = const { StatementCache::new() };
+}
+
+thread_local! {
+    /// Set while user code of a run that descends from a jobs/function.* event
+    /// runs: the runs its events start descend from it too.
+    static SENDER_FROM_SYSTEM_EVENT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (user code) as code of a run that does, or does not, descend from
+/// a jobs/function.* event.
+pub fn as_code_of_run<R>(from_system_event: bool, f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SENDER_FROM_SYSTEM_EVENT.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(SENDER_FROM_SYSTEM_EVENT.with(|c| c.replace(from_system_event)));
+    f()
+}
+
+/// pg_jobs' events about runs, which could otherwise start each other forever.
+fn is_about_a_run(name: &str) -> bool {
+    name.starts_with("jobs/function.") && name != "jobs/function.invoked"
 }
 
 /// Stores the events and the runs they start, and resumes or cancels the
@@ -232,7 +261,13 @@ pub fn record(events: Vec<NewEvent>) -> Vec<pgrx::Uuid> {
                     None => matching_functions(client, id, &event),
                 };
                 runnable += targets.iter().filter(|t| !t.held).count();
-                insert_event(client, id, &event, duplicate_of, &targets, None);
+                let from_system_event = is_about_a_run(&event.name)
+                    || SENDER_FROM_SYSTEM_EVENT.with(std::cell::Cell::get);
+                let origin = Origin {
+                    from_system_event,
+                    ..Origin::default()
+                };
+                insert_event(client, id, &event, duplicate_of, &targets, &origin);
                 if duplicate_of.is_none() {
                     runnable += match_waits(client, id, &event);
                 }
@@ -302,10 +337,10 @@ fn matching_functions(client: &SpiClient<'_>, id: pgrx::Uuid, event: &NewEvent) 
         "SELECT f.id, f.paused, f.cancel_on::text
          FROM jobs.triggers t JOIN jobs.functions f ON f.id = t.function_id
          WHERE t.event = ANY ($1) AND (t.wildcard OR t.event = $2)
-           AND (f.filter IS NULL OR jsonb_path_match(
+           AND ($6::oid IS NULL OR pg_has_role(f.owner, $6, 'MEMBER'))
+           AND (f.filter IS NULL OR jobs._expr_true(f.filter,
                 jsonb_build_object('event', jsonb_build_object(
-                    'id', $3, 'name', $2, 'data', $4, 'ts', coalesce($5, now()))),
-                f.filter, '{}', true))
+                    'id', $3, 'name', $2, 'data', $4, 'ts', coalesce($5, now())))))
          GROUP BY f.id, f.paused, f.cancel_on::text",
         &[
             TEXTARRAYOID.value(),
@@ -313,6 +348,7 @@ fn matching_functions(client: &SpiClient<'_>, id: pgrx::Uuid, event: &NewEvent) 
             UUIDOID.value(),
             JSONBOID.value(),
             TIMESTAMPTZOID.value(),
+            OIDOID.value(),
         ],
     );
     let mut keys = event_name::wildcard_prefixes(&event.name);
@@ -328,6 +364,7 @@ fn matching_functions(client: &SpiClient<'_>, id: pgrx::Uuid, event: &NewEvent) 
                 id.into(),
                 data,
                 event.ts.into(),
+                event.owner.into(),
             ],
         )
         .expect("matching functions")
@@ -344,27 +381,49 @@ fn matching_functions(client: &SpiClient<'_>, id: pgrx::Uuid, event: &NewEvent) 
         .collect()
 }
 
+/// Where a run comes from, besides its event.
+#[derive(Default)]
+pub struct Origin<'a> {
+    /// The role that asked for it (jobs.invoke_function, jobs.invoke), which
+    /// must be allowed to invoke the function; `None` when nobody asked (a
+    /// schedule fired).
+    pub invoker: Option<pg_sys::Oid>,
+    /// The run and step waiting for it (jobs.invoke).
+    pub parent: Option<(pgrx::Uuid, &'a str)>,
+    /// It descends from a jobs/function.* event (see jobs.runs.from_system_event).
+    pub from_system_event: bool,
+}
+
+impl Origin<'_> {
+    pub fn invoked_by(role: pg_sys::Oid) -> Self {
+        Origin {
+            invoker: Some(role),
+            ..Origin::default()
+        }
+    }
+}
+
 /// Inserts the event, a run and a queue entry for each target, and the waits
-/// of their cancel_on, in one statement. `parent` is the run and step that
-/// invoked the target.
+/// of their cancel_on, in one statement.
 pub fn insert_event(
     client: &mut SpiClient<'_>,
     id: pgrx::Uuid,
     event: &NewEvent,
     duplicate_of: Option<pgrx::Uuid>,
     targets: &[Target],
-    parent: Option<(pgrx::Uuid, &str)>,
+    origin: &Origin,
 ) {
     let insert = prepared(
         &INSERT_EVENT_AND_RUNS,
         client,
         "WITH event AS (
-            INSERT INTO jobs.events (id, name, data, ts, dedup_id, duplicate_of)
-            VALUES ($1, $2, $3, coalesce($4, now()), $5, $6)
+            INSERT INTO jobs.events (id, name, data, ts, dedup_id, duplicate_of, owner)
+            VALUES ($1, $2, $3, coalesce($4, now()), $5, $6, $14)
             RETURNING jsonb_build_object('id', id, 'name', name, 'data', data, 'ts', ts) AS doc
          ), runs AS (
-            INSERT INTO jobs.runs (id, function_id, event_id, parent_run_id, parent_step_id)
-            SELECT run_id, function_id, $1, $11, $12 FROM unnest($7::uuid[], $8::text[]) AS r (run_id, function_id)
+            INSERT INTO jobs.runs (id, function_id, event_id, parent_run_id, parent_step_id, from_system_event)
+            SELECT run_id, function_id, $1, $11, $12, $13
+            FROM unnest($7::uuid[], $8::text[]) AS r (run_id, function_id)
          ), queued AS (
             INSERT INTO jobs.queue (run_id, function_id, due_at, held)
             SELECT run_id, function_id, greatest(coalesce($4, now()), now()), held
@@ -373,7 +432,7 @@ pub fn insert_event(
          INSERT INTO jobs.waits (run_id, step_id, kind, event, match_path, match_value, condition, trigger, expires_at)
          SELECT r.run_id, 'cancel_on:' || (c.n - 1), 'cancel', c.spec->>'event', m.path,
                 CASE WHEN cardinality(m.path) = 0 THEN 'true' ELSE (SELECT doc FROM event) #> m.path END,
-                (c.spec->>'condition')::jsonpath,
+                c.spec->>'condition',
                 CASE WHEN c.spec->>'condition' IS NOT NULL THEN (SELECT doc FROM event) END,
                 clock_timestamp() + (c.spec->>'timeout_ms')::float8 * interval '1 millisecond'
          FROM unnest($7::uuid[], $10::jsonb[]) AS r (run_id, specs)
@@ -393,6 +452,8 @@ pub fn insert_event(
             JSONBARRAYOID.value(),
             UUIDOID.value(),
             TEXTOID.value(),
+            BOOLOID.value(),
+            OIDOID.value(),
         ],
     );
     let run_ids: Vec<pgrx::Uuid> = targets.iter().map(|t| t.run).collect();
@@ -422,8 +483,10 @@ pub fn insert_event(
                 function_ids.into(),
                 held.into(),
                 cancel_on.into(),
-                parent.map(|p| p.0).into(),
-                parent.map(|p| p.1).into(),
+                origin.parent.map(|p| p.0).into(),
+                origin.parent.map(|p| p.1).into(),
+                origin.from_system_event.into(),
+                event.owner.into(),
             ],
         )
         .expect("recording an event");
@@ -450,9 +513,12 @@ fn match_waits(client: &mut SpiClient<'_>, id: pgrx::Uuid, event: &NewEvent) -> 
                              AND w.match_value = CASE WHEN cardinality(p.match_path) = 0 THEN 'true'
                                                       ELSE (SELECT e FROM doc) #> p.match_path END
             WHERE p.event = $2
-              AND (w.condition IS NULL OR jsonb_path_match(
-                    jsonb_build_object('event', w.trigger, 'async', (SELECT e FROM doc)), w.condition, '{}', true))
+              AND (w.condition IS NULL OR jobs._expr_true(w.condition,
+                    jsonb_build_object('event', w.trigger, 'async', (SELECT e FROM doc))))
               AND (w.expires_at IS NULL OR w.expires_at > now())
+              AND ($4::oid IS NULL OR EXISTS (
+                    SELECT FROM jobs.runs r JOIN jobs.functions f ON f.id = r.function_id
+                    WHERE r.id = w.run_id AND pg_has_role(f.owner, $4, 'MEMBER')))
          ), taken AS (
             DELETE FROM jobs.waits w USING matched m
             WHERE m.kind = 'event' AND w.run_id = m.run_id AND w.step_id = m.step_id
@@ -473,14 +539,19 @@ fn match_waits(client: &mut SpiClient<'_>, id: pgrx::Uuid, event: &NewEvent) -> 
             RETURNING 1
          )
          SELECT (SELECT count(*) FROM due) + (SELECT count(*) FROM cancelled)",
-        &[UUIDOID.value(), TEXTOID.value(), JSONBOID.value()],
+        &[UUIDOID.value(), TEXTOID.value(), JSONBOID.value(), OIDOID.value()],
     );
     let data = unsafe { DatumWithOid::new(event.data, JSONBOID.value()) };
     client
         .update(
             matching,
             None,
-            &[id.into(), event.name.as_str().into(), data],
+            &[
+                id.into(),
+                event.name.as_str().into(),
+                data,
+                event.owner.into(),
+            ],
         )
         .expect("matching waits")
         .first()
@@ -519,9 +590,11 @@ pub fn lock_event_name(name: &str, exclusive: bool) -> bool {
 /// First key of pg_jobs' advisory locks ("jobs" in ASCII), unlikely to clash with an application's.
 const EVENT_NAME_LOCK_SPACE: u32 = 0x6a6f_6273;
 
-/// Sends one of pg_jobs' own events (`jobs/function.finished`, ...), if any
-/// function or run listens for it: nothing is recorded (or built) otherwise.
-pub fn emit(name: &str, data: impl FnOnce() -> serde_json::Value) -> usize {
+/// Sends one of pg_jobs' own events about a run of a function of `owner`
+/// (`jobs/function.finished`, ...), if any function or run listens for it:
+/// nothing is recorded (or built) otherwise. Only functions and runs of
+/// `owner` (its members, superusers) receive it.
+pub fn emit(name: &str, owner: pg_sys::Oid, data: impl FnOnce() -> serde_json::Value) -> usize {
     let listened = Spi::connect(|client| {
         let listened = prepared(
             &LISTENED,
@@ -548,33 +621,43 @@ pub fn emit(name: &str, data: impl FnOnce() -> serde_json::Value) -> usize {
         data,
         dedup_id: None,
         ts: None,
+        owner: Some(owner),
     }])
     .len()
 }
 
+/// What `start_run` did.
+pub enum Started {
+    Run(pgrx::Uuid),
+    NoSuchFunction,
+    /// `origin.invoker` may not invoke the function.
+    NotAllowed,
+}
+
 /// Starts a run of `function_id` for an event of pg_jobs' own (`name`,
 /// `data`), whatever its triggers: `jobs/function.invoked`, `jobs/scheduled.timer`.
-/// `parent` is the run and step waiting for it. Returns the run id, or `None`
-/// when there is no such function.
-pub fn start_run(
-    function_id: &str,
-    name: &str,
-    data: serde_json::Value,
-    parent: Option<(pgrx::Uuid, &str)>,
-) -> Option<pgrx::Uuid> {
-    let found = Spi::get_two_with_args::<bool, String>(
-        "SELECT f.paused, f.cancel_on::text FROM (SELECT 1) one LEFT JOIN jobs.functions f ON f.id = $1",
-        &[function_id.into()],
+/// `data` is a JSON object.
+pub fn start_run(function_id: &str, name: &str, data: JsonbDatum, origin: Origin) -> Started {
+    let found = Spi::get_three_with_args::<bool, String, bool>(
+        "SELECT f.paused, f.cancel_on::text,
+                $2::oid IS NULL OR pg_has_role($2, f.owner, 'MEMBER') OR 0::oid = ANY (f.invokers::oid[])
+                    OR EXISTS (SELECT FROM unnest(f.invokers) r WHERE r::oid <> 0 AND pg_has_role($2, r, 'MEMBER'))
+         FROM (SELECT 1) one LEFT JOIN jobs.functions f ON f.id = $1",
+        &[function_id.into(), origin.invoker.into()],
     )
     .unwrap_or_else(|e| panic!("looking up function {function_id}: {e}"));
-    let (Some(held), cancel_on) = found else {
-        return None;
+    let (Some(held), cancel_on, Some(allowed)) = found else {
+        return Started::NoSuchFunction;
     };
+    if !allowed {
+        return Started::NotAllowed;
+    }
     let event = NewEvent {
         name: name.to_string(),
-        data: JsonB(data).into_datum().expect("jsonb is never null here"),
+        data: data.0,
         dedup_id: None,
         ts: None,
+        owner: None,
     };
     let target = Target {
         run: new_id(),
@@ -583,11 +666,11 @@ pub fn start_run(
         cancel_on,
     };
     let run = target.run;
-    Spi::connect_mut(|client| insert_event(client, new_id(), &event, None, &[target], parent));
+    Spi::connect_mut(|client| insert_event(client, new_id(), &event, None, &[target], &origin));
     if !held {
         shmem::wake_workers_at_commit(1);
     }
-    Some(run)
+    Started::Run(run)
 }
 
 /// Ids are UUIDv7: time-ordered, so that indexes on them stay compact.

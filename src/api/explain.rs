@@ -68,7 +68,7 @@ fn explain_event(
                                 'deduplicated: event ' || duplicate_of || ' had the same id within 24 hours'
                               WHEN listens IS NULL THEN 'no event trigger (it runs when invoked or on its schedule)'
                               WHEN NOT subscribed THEN 'listens to ' || listens || ', not to ' || name
-                              WHEN filter IS NOT NULL AND jsonb_path_match(doc, filter, '{}', true) IS NOT TRUE THEN
+                              WHEN filter IS NOT NULL AND NOT jobs._expr_true(filter, doc) THEN
                                 'its if filter is false: ' || condition
                               ELSE 'it matches now, but was not defined this way when the event was sent'
                             END,
@@ -104,7 +104,7 @@ fn workers() -> TableIterator<
     (
         name!(kind, String),
         name!(slot, Option<i32>),
-        name!(pid, i32),
+        name!(pid, Option<i32>),
         name!(state, String),
         name!(run_id, Option<pgrx::Uuid>),
         name!(last_heartbeat, Option<TimestampWithTimeZone>),
@@ -125,28 +125,40 @@ fn workers() -> TableIterator<
         rows.push((
             "launcher".to_string(),
             None,
-            pid,
+            Some(pid),
             "running".to_string(),
             None,
             heartbeat(beat),
         ));
     }
+    let (wanted, missing) = shared.workers_shortfall();
     for (slot, worker) in shared.workers.iter().enumerate() {
-        if let Some(status) = worker.status() {
-            let state = if status.run.is_some() {
-                "running"
-            } else {
-                "idle"
-            };
-            let run = status.run.map(pgrx::Uuid::from_bytes);
-            rows.push((
+        match worker.status() {
+            Some(status) => {
+                let state = if status.run.is_some() {
+                    "running"
+                } else {
+                    "idle"
+                };
+                rows.push((
+                    "executor".to_string(),
+                    Some(slot as i32),
+                    Some(status.pid),
+                    state.to_string(),
+                    status.run.map(pgrx::Uuid::from_bytes),
+                    heartbeat(status.heartbeat_ms),
+                ));
+            }
+            // The launcher could not start it: too few max_worker_processes.
+            None if missing > 0 && slot < wanted => rows.push((
                 "executor".to_string(),
                 Some(slot as i32),
-                status.pid,
-                state.to_string(),
-                run,
-                heartbeat(status.heartbeat_ms),
-            ));
+                None,
+                "not started: max_worker_processes is too low".to_string(),
+                None,
+                None,
+            )),
+            None => {}
         }
     }
     TableIterator::new(rows)

@@ -4,8 +4,8 @@
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 
-use super::events::start_run;
-use super::types::RegProcedure;
+use super::events::{start_run, Origin, Started};
+use super::types::{JsonbDatum, RegProcedure};
 use super::{as_catalog_owner, current_role};
 use crate::config::{self, FunctionConfig};
 use crate::errors::{self, invalid, raise, warn_not_preloaded};
@@ -30,8 +30,17 @@ fn check_id(id: Option<&str>) -> &str {
     id
 }
 
-/// The handler's schema-qualified signature, after checking that it can be one.
-fn check_handler(handler: Option<RegProcedure>) -> String {
+/// A handler as `create_function` checked it.
+struct Handler {
+    /// Schema-qualified signature, as stored.
+    signature: String,
+    /// Its owner now: the code that will run is that role's.
+    owner: pg_sys::Oid,
+}
+
+/// The handler's schema-qualified signature and owner, after checking that
+/// it can be one and that the caller may run it.
+fn check_handler(handler: Option<RegProcedure>) -> Handler {
     let Some(RegProcedure(oid)) = handler else {
         raise(
             PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
@@ -67,24 +76,37 @@ fn check_handler(handler: Option<RegProcedure>) -> String {
             format!("handler {signature}: permission denied to execute it, and it would run with your rights"),
         )
     }
-    signature
+    let owner = Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT proowner FROM pg_catalog.pg_proc WHERE oid = $1",
+        &[oid.into()],
+    )
+    .unwrap_or_else(|e| panic!("looking up the handler's owner: {e}"))
+    .expect("the handler exists");
+    Handler { signature, owner }
 }
 
-/// Refuses to change a function another role defined, unless the caller is a member of that role.
+/// Locks function `id` and refuses to go on unless the caller is a member of
+/// its owner. The lock makes the check and the change that follows one.
 fn check_may_change(id: &str, caller: pg_sys::Oid) {
     let owned = Spi::get_one_with_args::<bool>(
-        "SELECT (SELECT pg_catalog.pg_has_role($2, owner, 'MEMBER') FROM jobs.functions WHERE id = $1)",
+        "SELECT (SELECT pg_catalog.pg_has_role($2, owner, 'MEMBER') FROM jobs.functions WHERE id = $1 FOR UPDATE)",
         &[id.into(), caller.into()],
     )
     .unwrap_or_else(|e| panic!("looking up function {id}: {e}"));
     match owned {
         None => errors::unknown_function(id),
-        Some(false) => raise(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("function id \"{id}\" belongs to another role; only members of that role may change it"),
-        ),
+        Some(false) => another_roles(id),
         Some(true) => {}
     }
+}
+
+fn another_roles(id: &str) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        format!(
+            "function id \"{id}\" belongs to another role; only members of that role may change it"
+        ),
+    )
 }
 
 fn exists(id: &str) -> bool {
@@ -96,6 +118,17 @@ fn exists(id: &str) -> bool {
         == Some(true)
 }
 
+/// The `config` argument as JSON; documents nested too deeply are refused
+/// rather than parsed.
+fn config_value(config: Option<JsonbDatum>) -> serde_json::Value {
+    match config {
+        None => serde_json::json!({}),
+        Some(datum) => datum
+            .to_value()
+            .unwrap_or_else(|_| errors::too_deep("config")),
+    }
+}
+
 // No `SET search_path` here, unlike the other entry points: an `on_failure`
 // handler name is resolved with the caller's search_path, as `handler` is.
 // The catalog writes pin it themselves (as_catalog_owner).
@@ -103,55 +136,61 @@ fn exists(id: &str) -> bool {
 fn create_function(
     id: Option<&str>,
     handler: Option<RegProcedure>,
-    config: default!(Option<JsonB>, "'{}'"),
+    config: default!(Option<JsonbDatum>, "'{}'"),
 ) {
     warn_not_preloaded();
     let id = check_id(id);
-    let signature = check_handler(handler);
-    let config = config.map(|c| c.0).unwrap_or_else(|| serde_json::json!({}));
+    let handler = check_handler(handler);
+    let config = config_value(config);
     let parsed: FunctionConfig = config::parse(&config).unwrap_or_else(|e| errors::config(e));
+    let invokers = resolve_invokers(&parsed.invokers);
     let on_failure = parsed.on_failure.as_deref().map(resolve_on_failure);
     as_catalog_owner(|owner| {
-        if exists(id) {
-            check_may_change(id, owner);
+        let definition = Definition {
+            id,
+            handler: &handler,
+            config: &config,
+            owner,
+            parsed: &parsed,
+            invokers: &invokers,
+            failure_of: None,
+        };
+        if !store_function(&definition) {
+            another_roles(id)
         }
-        store_function(id, &signature, &config, owner, &parsed, None);
         let failure_id = format!("{id}-failure");
         match on_failure {
             Some(failure_handler) => {
-                let taken = Spi::get_one_with_args::<bool>(
-                    "SELECT EXISTS (SELECT FROM jobs.functions WHERE id = $1 AND failure_of IS DISTINCT FROM $2)",
-                    &[failure_id.as_str().into(), id.into()],
-                )
-                .unwrap_or_else(|e| panic!("looking up function {failure_id}: {e}"));
-                if taken == Some(true) {
-                    raise(
-                        PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
-                        format!("config key \"on_failure\": its function would be \"{failure_id}\", which is another function's id"),
-                    )
-                }
                 let failure_config = serde_json::json!({
                     "event": "jobs/function.failed",
                     "if": format!("event.data.function_id == {}", serde_json::Value::String(id.to_string())),
                 });
                 let failure_parsed =
                     config::parse(&failure_config).expect("the failure function's config is valid");
-                store_function(
-                    &failure_id,
-                    &failure_handler,
-                    &failure_config,
-                    owner,
-                    &failure_parsed,
-                    Some(id),
-                );
+                let stored = store_function(&Definition {
+                    id: &failure_id,
+                    handler: &failure_handler,
+                    config: &failure_config,
+                    parsed: &failure_parsed,
+                    invokers: &[],
+                    failure_of: Some(id),
+                    ..definition
+                });
+                if !stored {
+                    raise(
+                        PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+                        format!("config key \"on_failure\": its function would be \"{failure_id}\", which is another function's id"),
+                    )
+                }
             }
             None => delete_failure_function(id),
         }
+        shmem::owners_changed_at_commit();
     });
 }
 
 /// `on_failure` names a handler as `handler` does, resolved with the caller's search_path.
-fn resolve_on_failure(name: &str) -> String {
+fn resolve_on_failure(name: &str) -> Handler {
     let oid = Spi::get_one_with_args::<pg_sys::Oid>(
         "SELECT pg_catalog.to_regprocedure($1)::pg_catalog.oid",
         &[name.into()],
@@ -166,15 +205,59 @@ fn resolve_on_failure(name: &str) -> String {
     }
 }
 
-/// Inserts or replaces a function and its triggers.
-fn store_function(
-    id: &str,
-    signature: &str,
-    config: &serde_json::Value,
+/// The roles of the `invokers` config key; `public` (any case) stands for
+/// every role and is stored as role 0.
+fn resolve_invokers(names: &[String]) -> Vec<pg_sys::Oid> {
+    names
+        .iter()
+        .map(|name| {
+            if name.eq_ignore_ascii_case("public") {
+                return pg_sys::Oid::INVALID;
+            }
+            Spi::get_one_with_args::<pg_sys::Oid>(
+                "SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1",
+                &[name.as_str().into()],
+            )
+            .unwrap_or_else(|e| panic!("looking up role {name}: {e}"))
+            .unwrap_or_else(|| {
+                raise(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                    format!("config key \"invokers\": role \"{name}\" does not exist"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// A function to store, as `create_function` checked it.
+#[derive(Clone, Copy)]
+struct Definition<'a> {
+    id: &'a str,
+    handler: &'a Handler,
+    config: &'a serde_json::Value,
+    /// The caller, who becomes the owner.
     owner: pg_sys::Oid,
-    parsed: &FunctionConfig,
-    failure_of: Option<&str>,
-) {
+    parsed: &'a FunctionConfig,
+    invokers: &'a [pg_sys::Oid],
+    /// Set for the function made for another's on_failure.
+    failure_of: Option<&'a str>,
+}
+
+/// Inserts or replaces a function and its triggers. Returns false, changing
+/// nothing, when the id is taken by a function the caller may not change
+/// (or, for an on_failure function, by any function but that one). The check
+/// is part of the upsert, so a concurrent definition of the same id cannot
+/// slip in between.
+fn store_function(definition: &Definition) -> bool {
+    let Definition {
+        id,
+        handler,
+        config,
+        owner,
+        parsed,
+        invokers,
+        failure_of,
+    } = *definition;
     let (names, wildcards): (Vec<String>, Vec<bool>) = parsed
         .triggers
         .iter()
@@ -190,44 +273,57 @@ fn store_function(
         .iter()
         .map(|c| (c.event.clone(), c.match_path.clone().unwrap_or_default()))
         .collect();
-    Spi::run_with_args(
+    let stored = Spi::get_one_with_args::<bool>(
         "WITH defined AS (
             INSERT INTO jobs.functions AS f
-                (id, handler, config, owner, max_attempts, backoff, max_runtime, filter, cancel_on, failure_of)
-            VALUES ($1, $2, $3, $4, $5, $6, $7 * interval '1 millisecond', $8::jsonpath, $11, $12)
+                (id, handler, handler_owner, config, owner, invokers, max_attempts, backoff, max_runtime,
+                 filter, cancel_on, failure_of)
+            VALUES ($1, $2, $3, $4, $5, $6::oid[]::regrole[], $7, $8, $9 * interval '1 millisecond', $10, $11, $12)
             ON CONFLICT (id) DO UPDATE SET
-                handler = excluded.handler, config = excluded.config, owner = excluded.owner,
+                handler = excluded.handler, handler_owner = excluded.handler_owner, config = excluded.config,
+                owner = excluded.owner, invokers = excluded.invokers,
                 max_attempts = excluded.max_attempts, backoff = excluded.backoff,
                 max_runtime = excluded.max_runtime, filter = excluded.filter,
                 cancel_on = excluded.cancel_on, failure_of = excluded.failure_of, updated_at = now()
-            RETURNING id
-         ), old_triggers AS (
-            -- Only the triggers that go: the insert below cannot see this
-            -- statement's deletions, so the ones that stay must not collide.
-            DELETE FROM jobs.triggers
-            WHERE function_id = $1
-              AND (event, wildcard) NOT IN (SELECT * FROM unnest($9::text[], $10::bool[]))
+            WHERE CASE WHEN excluded.failure_of IS NULL
+                       THEN pg_catalog.pg_has_role(excluded.owner, f.owner, 'MEMBER')
+                       ELSE f.failure_of = excluded.failure_of END
+            RETURNING 1
          )
-         INSERT INTO jobs.triggers (event, wildcard, function_id)
-         SELECT event, wildcard, (SELECT id FROM defined)
-         FROM unnest($9::text[], $10::bool[]) AS t (event, wildcard)
-         ON CONFLICT DO NOTHING",
+         SELECT EXISTS (SELECT FROM defined)",
         &[
             id.into(),
-            signature.into(),
+            handler.signature.as_str().into(),
+            handler.owner.into(),
             JsonB(config.clone()).into(),
             owner.into(),
+            invokers.to_vec().into(),
             (parsed.max_attempts as i32).into(),
             JsonB(parsed.backoff.to_json()).into(),
             parsed.max_runtime.map(|d| d.as_millis() as f64).into(),
             parsed.filter.as_deref().into(),
-            names.into(),
-            wildcards.into(),
             cancel_on.into(),
             failure_of.into(),
         ],
     )
     .unwrap_or_else(|e| panic!("storing function {id}: {e}"));
+    if stored != Some(true) {
+        return false;
+    }
+    Spi::run_with_args(
+        "WITH old_triggers AS (
+            -- Only the triggers that go: the insert below cannot see this
+            -- statement's deletions, so the ones that stay must not collide.
+            DELETE FROM jobs.triggers
+            WHERE function_id = $1
+              AND (event, wildcard) NOT IN (SELECT * FROM unnest($2::text[], $3::bool[]))
+         )
+         INSERT INTO jobs.triggers (event, wildcard, function_id)
+         SELECT event, wildcard, $1 FROM unnest($2::text[], $3::bool[]) AS t (event, wildcard)
+         ON CONFLICT DO NOTHING",
+        &[id.into(), names.into(), wildcards.into()],
+    )
+    .unwrap_or_else(|e| panic!("storing the triggers of {id}: {e}"));
     store_schedules(id, &parsed.crons);
     for (event, path) in cancel_paths {
         Spi::run_with_args(
@@ -236,10 +332,12 @@ fn store_function(
         )
         .unwrap_or_else(|e| panic!("storing cancel_on of {id}: {e}"));
     }
+    true
 }
 
 /// Keeps the function's schedules in step with its config: an unchanged
-/// expression keeps its next fire time, a new one fires from now on.
+/// expression keeps its next fire time, a new one fires from now on. One
+/// without a next instant (@reboot) is due never ('infinity').
 fn store_schedules(id: &str, crons: &[crate::cron::Cron]) {
     let now = crate::pgtime::now();
     let expressions: Vec<&str> = crons.iter().map(|c| c.expression.as_str()).collect();
@@ -254,8 +352,7 @@ fn store_schedules(id: &str, crons: &[crate::cron::Cron]) {
             WHERE s.function_id = $1 AND s.expression <> ALL ($2::text[])
          )
          INSERT INTO jobs.cron_schedules (function_id, expression, timezone, next_fire_at)
-         SELECT $1, e, z, n FROM unnest($2::text[], $3::text[], $4::timestamptz[]) AS t (e, z, n)
-         WHERE n IS NOT NULL
+         SELECT $1, e, z, coalesce(n, 'infinity') FROM unnest($2::text[], $3::text[], $4::timestamptz[]) AS t (e, z, n)
          ON CONFLICT (function_id, expression) DO UPDATE SET
              timezone = excluded.timezone, next_fire_at = excluded.next_fire_at,
              last_fired_at = NULL, last_run_id = NULL
@@ -280,21 +377,27 @@ fn delete_function(id: Option<&str>) {
     let id = check_id(id);
     as_catalog_owner(|caller| {
         check_may_change(id, caller);
-        delete_failure_function(id);
-        // Its unfinished runs are cancelled by the executors (after the step
-        // they may be running), which tell whoever waits for them.
-        let flagged = Spi::get_one_with_args::<i64>(
-            "WITH gone AS (DELETE FROM jobs.functions WHERE id = $1),
-                  flagged AS (UPDATE jobs.queue SET due_at = now(), held = false,
-                                     cancelled = coalesce(cancelled, '{\"message\": \"function deleted\"}')
-                              WHERE function_id = $1 AND step_id = '' RETURNING 1)
-             SELECT count(*) FROM flagged",
-            &[id.into()],
-        )
-        .unwrap_or_else(|e| panic!("deleting function {id}: {e}"))
-        .unwrap_or(0);
-        shmem::wake_workers_at_commit(flagged as usize);
+        delete(id);
     });
+}
+
+/// Deletes function `id` (and its on_failure function); its unfinished runs
+/// are cancelled by the executors (after the step they may be running), which
+/// tell whoever waits for them. Runs as the catalog owner.
+pub fn delete(id: &str) {
+    delete_failure_function(id);
+    let flagged = Spi::get_one_with_args::<i64>(
+        "WITH gone AS (DELETE FROM jobs.functions WHERE id = $1),
+              flagged AS (UPDATE jobs.queue SET due_at = now(), held = false,
+                                 cancelled = coalesce(cancelled, '{\"message\": \"function deleted\"}')
+                          WHERE function_id = $1 AND step_id = '' RETURNING 1)
+         SELECT count(*) FROM flagged",
+        &[id.into()],
+    )
+    .unwrap_or_else(|e| panic!("deleting function {id}: {e}"))
+    .unwrap_or(0);
+    shmem::wake_workers_at_commit(flagged as usize);
+    shmem::owners_changed_at_commit();
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
@@ -328,15 +431,29 @@ fn set_paused(id: &str, paused: bool) {
 
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn invoke_function(id: Option<&str>, data: default!(Option<JsonB>, "'{}'")) -> pgrx::Uuid {
+fn invoke_function(id: Option<&str>, data: default!(Option<JsonbDatum>, "'{}'")) -> pgrx::Uuid {
     warn_not_preloaded();
     let id = check_id(id);
-    let data = match data.map(|d| d.0) {
-        Some(object @ serde_json::Value::Object(_)) => object,
+    let data = match data {
+        Some(object) if object.is_object() => object,
         Some(_) | None => invalid(format!("data for function \"{id}\" must be a JSON object")),
     };
-    as_catalog_owner(|_| start_run(id, "jobs/function.invoked", data, None))
-        .unwrap_or_else(|| errors::unknown_function(id))
+    as_catalog_owner(|caller| {
+        let run = start_run(
+            id,
+            "jobs/function.invoked",
+            data,
+            Origin::invoked_by(caller),
+        );
+        match run {
+            Started::Run(run) => run,
+            Started::NoSuchFunction => errors::unknown_function(id),
+            Started::NotAllowed => raise(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("function id \"{id}\" belongs to another role, which does not let you invoke it (config key \"invokers\")"),
+            ),
+        }
+    })
 }
 
 /// Cancels a run: at once if it waits in the queue (queued, sleeping, waiting),
@@ -382,5 +499,25 @@ fn cancel_run(run_id: Option<pgrx::Uuid>) {
             )
         }
         shmem::wake_workers_at_commit(1);
+        interrupt_executing(run_id);
     });
+}
+
+/// Executors running code of `run` (its handler, a step, a parallel step) are
+/// interrupted once the cancellation commits.
+pub fn interrupt_executing(run: pgrx::Uuid) {
+    let holders: Vec<i32> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT DISTINCT claimed_by FROM jobs.queue WHERE run_id = $1 AND claimed_by > 0",
+                None,
+                &[run.into()],
+            )
+            .unwrap_or_else(|e| panic!("finding who executes run {run}: {e}"))
+            .filter_map(|row| row.get::<i32>(1).ok().flatten())
+            .collect()
+    });
+    for pid in holders {
+        shmem::interrupt_at_commit(*run.as_bytes(), pid);
+    }
 }

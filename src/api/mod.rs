@@ -2,6 +2,7 @@
 
 pub mod events;
 pub mod explain;
+pub mod expressions;
 pub mod functions;
 pub mod schemas;
 pub mod steps;

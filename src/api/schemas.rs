@@ -10,6 +10,7 @@ use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 use serde_json::Value;
 
+use super::types::JsonbDatum;
 use super::{as_catalog_owner, prepared, StatementCache};
 use crate::errors::{invalid, raise};
 use crate::event_name;
@@ -24,17 +25,19 @@ thread_local! {
 const ERRORS_SHOWN: usize = 3;
 
 fn compile(schema: &Value) -> Result<jsonschema::Validator, String> {
-    jsonschema::options()
-        .should_validate_formats(true)
-        .build(schema)
-        .map_err(|e| e.to_string())
+    crate::stack::deep(|| {
+        jsonschema::options()
+            .should_validate_formats(true)
+            .build(schema)
+            .map_err(|e| e.to_string())
+    })
 }
 
 /// Registers (or, with a NULL schema, removes) the JSON Schema that the data
 /// of events named `name` must match.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn define_event(name: Option<&str>, schema: Option<JsonB>) {
+fn define_event(name: Option<&str>, schema: Option<JsonbDatum>) {
     let Some(name) = name else {
         raise(
             PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
@@ -44,7 +47,10 @@ fn define_event(name: Option<&str>, schema: Option<JsonB>) {
     if let Err(why) = event_name::check_user_name(name) {
         invalid(format!("event name \"{name}\" {why}"))
     }
-    let schema = schema.map(|s| s.0);
+    let schema = schema.map(|s| {
+        s.to_value()
+            .unwrap_or_else(|_| crate::errors::too_deep(&format!("schema for \"{name}\"")))
+    });
     if let Some(schema) = &schema {
         if !schema.is_object() {
             invalid(format!("schema for \"{name}\" must be a JSON Schema object such as '{{\"type\": \"object\"}}'"))
@@ -85,9 +91,11 @@ pub fn check(client: &pgrx::spi::SpiClient<'_>, prefix: &str, name: &str, data: 
     else {
         return;
     };
-    let data: Value = unsafe { JsonB::from_datum(data, false) }
-        .map(|j| j.0)
-        .unwrap_or(Value::Null);
+    let data = JsonbDatum(data).to_value().unwrap_or_else(|_| {
+        crate::errors::too_deep(&format!(
+            "{prefix}data of event \"{name}\", which has a schema,"
+        ))
+    });
     let problems: Option<Vec<String>> = COMPILED.with(|compiled| {
         let mut compiled = compiled.borrow_mut();
         let fresh = compiled.get(name).is_none_or(|(source, _)| *source != text);
@@ -97,7 +105,7 @@ pub fn check(client: &pgrx::spi::SpiClient<'_>, prefix: &str, name: &str, data: 
             compiled.insert(name.to_string(), (text.clone(), validator));
         }
         let (_, validator) = compiled.get(name)?;
-        Some(
+        Some(crate::stack::deep(|| {
             validator
                 .iter_errors(&data)
                 .map(|e| {
@@ -108,8 +116,8 @@ pub fn check(client: &pgrx::spi::SpiClient<'_>, prefix: &str, name: &str, data: 
                         e.schema_path()
                     )
                 })
-                .collect(),
-        )
+                .collect()
+        }))
     });
     let Some(problems) = problems.filter(|p| !p.is_empty()) else {
         return;

@@ -4,8 +4,10 @@
 //! that the executor does the work in its own transaction (README, "Steps").
 
 use pgrx::prelude::*;
-use pgrx::{JsonB, PgSqlErrorCode};
-use serde_json::{json, Value};
+use pgrx::PgSqlErrorCode;
+use serde_json::json;
+
+use super::types::JsonbDatum;
 
 use crate::errors::{invalid, raise};
 use crate::replay::{self, Memo, Operation, PlannedInvoke, PlannedStep, PlannedWait, Replay};
@@ -51,29 +53,32 @@ fn required<'a>(function: &str, field: &str, value: Option<&'a str>) -> &'a str 
     }
 }
 
-/// `{"output": ...}` or `{"error": {...}}`: the SQL wrapper raises the error
-/// with SQLSTATE JB001, which pgrx cannot raise itself.
-fn envelope(memo: &Memo) -> Option<Value> {
+/// `{"output": ...}` or `{"error": {...}}` as JSON text: the SQL wrapper
+/// casts it to jsonb and raises the error with SQLSTATE JB001, which pgrx
+/// cannot raise itself. Outputs are kept as the text PostgreSQL printed, never
+/// parsed here, whatever their depth.
+fn envelope(memo: &Memo) -> Option<String> {
     match memo {
-        Memo::Completed(output) => Some(json!({"output": parse(output.as_deref())})),
-        Memo::Failed(error) => Some(json!({"error": {
-            "sqlstate": error.sqlstate, "message": error.message, "attempts": error.attempts,
-        }})),
+        Memo::Completed(output) => Some(format!(
+            "{{\"output\": {}}}",
+            output.as_deref().unwrap_or("null")
+        )),
+        Memo::Failed(error) => Some(
+            json!({"error": {
+                "sqlstate": error.sqlstate, "message": error.message, "attempts": error.attempts,
+            }})
+            .to_string(),
+        ),
         Memo::Pending { .. } => None,
     }
-}
-
-fn parse(text: Option<&str>) -> Value {
-    text.and_then(|t| serde_json::from_str(t).ok())
-        .unwrap_or(Value::Null)
 }
 
 fn planned(
     replay: &mut Replay,
     name: &str,
     sql: &str,
-    args: Option<Value>,
-) -> (PlannedStep, Option<Value>) {
+    args: Option<String>,
+) -> (PlannedStep, Option<String>) {
     let id = replay.next_id(name);
     let done = replay.memo(&id).and_then(envelope);
     let step = PlannedStep {
@@ -81,20 +86,20 @@ fn planned(
         id,
         name: name.to_string(),
         sql: sql.to_string(),
-        args: args.map(|a| a.to_string()),
+        args,
     };
     (step, done)
 }
 
 #[pg_extern(name = "_step", volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn step_internal(id: Option<&str>, sql: Option<&str>, args: Option<JsonB>) -> JsonB {
+fn step_internal(id: Option<&str>, sql: Option<&str>, args: Option<JsonbDatum>) -> String {
     let name = required("jobs.step", "id", id);
     let sql = required("jobs.step", "sql", sql);
     in_handler("jobs.step", |replay| {
-        let (step, done) = planned(replay, name, sql, args.map(|a| a.0));
+        let (step, done) = planned(replay, name, sql, args.map(|a| a.to_text()));
         match done {
-            Some(envelope) if !replay.has_yielded() => JsonB(envelope),
+            Some(envelope) if !replay.has_yielded() => envelope,
             _ => {
                 let id = step.id.clone();
                 replay.yield_operation(Operation::Run(step));
@@ -109,8 +114,8 @@ fn step_internal(id: Option<&str>, sql: Option<&str>, args: Option<JsonB>) -> Js
 fn parallel_internal(
     ids: Vec<Option<String>>,
     sqls: Vec<Option<String>>,
-    args: Vec<Option<JsonB>>,
-) -> JsonB {
+    args: Vec<Option<String>>,
+) -> String {
     if ids.is_empty() {
         invalid("jobs.parallel needs at least one step from jobs.plan")
     }
@@ -121,15 +126,17 @@ fn parallel_internal(
         for ((id, sql), args) in ids.iter().zip(&sqls).zip(args) {
             let name = required("jobs.plan", "id", id.as_deref());
             let sql = required("jobs.plan", "sql", sql.as_deref());
-            let (step, done) = planned(replay, name, sql, args.map(|a| a.0));
-            match done {
-                Some(mut envelope) => match envelope.get_mut("output") {
-                    Some(output) => outputs.push(output.take()),
-                    None => {
-                        failed.get_or_insert(envelope);
+            let (step, done) = planned(replay, name, sql, args);
+            match replay.memo(&step.id) {
+                Some(Memo::Completed(output)) => {
+                    outputs.push(output.clone().unwrap_or_else(|| "null".into()))
+                }
+                Some(Memo::Failed(_)) => {
+                    if failed.is_none() {
+                        failed = done;
                     }
-                },
-                None => not_done.push(step),
+                }
+                _ => not_done.push(step),
             }
         }
         if replay.has_yielded() || !not_done.is_empty() {
@@ -139,7 +146,7 @@ fn parallel_internal(
             replay.yield_operation(Operation::Parallel(not_done));
             stop(&first)
         }
-        JsonB(failed.unwrap_or_else(|| json!({"output": outputs})))
+        failed.unwrap_or_else(|| format!("{{\"output\": [{}]}}", outputs.join(", ")))
     })
 }
 
@@ -214,7 +221,7 @@ fn wait_for_event_internal(
     timeout: Option<pgrx::datum::Interval>,
     match_path: Option<&str>,
     condition: Option<&str>,
-) -> Option<JsonB> {
+) -> Option<String> {
     const FUNCTION: &str = "jobs.wait_for_event";
     let name = required(FUNCTION, "id", id);
     let event = required(FUNCTION, "event", event);
@@ -231,17 +238,16 @@ fn wait_for_event_internal(
         crate::expr::match_path(path)
             .unwrap_or_else(|e| invalid(format!("{FUNCTION}: match \"{path}\": {e}")))
     });
-    let condition = condition.map(|source| {
-        crate::expr::to_jsonpath(source, &["event", "async"])
-            .unwrap_or_else(|e| invalid(format!("{FUNCTION}: condition \"{source}\": {e}")))
-    });
+    if let Some(source) = condition {
+        if let Err(e) = crate::expr::compile(source, crate::expr::EVENT_AND_ASYNC) {
+            invalid(format!("{FUNCTION}: condition \"{source}\": {e}"))
+        }
+    }
+    let condition = condition.map(str::to_string);
     in_handler(FUNCTION, |replay| {
         let id = replay.next_id(name);
         if let (Some(Memo::Completed(output)), false) = (replay.memo(&id), replay.has_yielded()) {
-            return output
-                .as_deref()
-                .and_then(|o| serde_json::from_str(o).ok())
-                .map(JsonB);
+            return output.clone();
         }
         replay.yield_operation(Operation::Wait(PlannedWait {
             id: id.clone(),
@@ -260,15 +266,15 @@ fn wait_for_event_internal(
 fn invoke_internal(
     id: Option<&str>,
     function_id: Option<&str>,
-    data: Option<JsonB>,
+    data: Option<JsonbDatum>,
     timeout: Option<pgrx::datum::Interval>,
-) -> JsonB {
+) -> String {
     const FUNCTION: &str = "jobs.invoke";
     let name = required(FUNCTION, "id", id);
     let function_id = required(FUNCTION, "function_id", function_id);
-    let data = match data.map(|d| d.0) {
-        None => Value::Object(Default::default()),
-        Some(object @ Value::Object(_)) => object,
+    let data = match data {
+        None => "{}".to_string(),
+        Some(object) if object.is_object() => object.to_text(),
         Some(_) => invalid(format!(
             "{FUNCTION}: data for \"{function_id}\" must be a JSON object"
         )),
@@ -277,13 +283,13 @@ fn invoke_internal(
     in_handler(FUNCTION, |replay| {
         let id = replay.next_id(name);
         match replay.memo(&id).and_then(envelope) {
-            Some(done) if !replay.has_yielded() => JsonB(done),
+            Some(done) if !replay.has_yielded() => done,
             _ => {
                 replay.yield_operation(Operation::Invoke(PlannedInvoke {
                     id: id.clone(),
                     name: name.to_string(),
                     function_id: function_id.to_string(),
-                    data: data.to_string(),
+                    data,
                     timeout_ms,
                 }));
                 stop(&id)

@@ -65,4 +65,35 @@ impl JsonbDatum {
             header & pg_sys::JB_FOBJECT != 0
         }
     }
+
+    /// The value as JSON. Fails on documents nested deeper than serde_json's
+    /// limit of 128 levels, which pg_jobs never parses (its parsers recurse).
+    pub fn to_value(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::from_str(&self.to_text())
+    }
+
+    /// The value as JSON text, printed by PostgreSQL (no depth limit of ours).
+    pub fn to_text(&self) -> String {
+        unsafe {
+            pgrx::direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(self.0)])
+                .expect("jsonb_out returns a value")
+        }
+        .to_string_lossy()
+        .into_owned()
+    }
+
+    /// JSON text (which PostgreSQL or serde_json printed) as a jsonb datum,
+    /// parsed by PostgreSQL's own jsonb_in.
+    pub fn parse(text: &str) -> JsonbDatum {
+        let text = std::ffi::CString::new(text).expect("JSON text has no NUL");
+        JsonbDatum(
+            unsafe {
+                pgrx::direct_function_call_as_datum(
+                    pg_sys::jsonb_in,
+                    &[Some(pg_sys::Datum::from(text.as_ptr()))],
+                )
+            }
+            .expect("jsonb_in returns a value"),
+        )
+    }
 }

@@ -22,6 +22,10 @@ use crate::shmem::shared;
 const COMMIT_AFTER: Duration = Duration::from_millis(20);
 /// Shortest wait when work is due but was locked by another executor.
 const MIN_WAIT: Duration = Duration::from_millis(5);
+/// How long an executor may sit in one call of user code before idle
+/// executors take over the work it claimed and has not started: "a moment"
+/// for whoever waits behind it.
+const TAKE_OVER_AFTER_MS: i64 = 100;
 /// How often cached plans are thrown away. Plans made while the tables were
 /// small (a fresh install) scan them whole; PostgreSQL replans only when
 /// statistics change, which autovacuum may not do for a long while.
@@ -31,6 +35,7 @@ thread_local! {
     static CLAIM: StatementCache = const { StatementCache::new() };
     static NEXT_DUE: StatementCache = const { StatementCache::new() };
     static REPLAY_CLAIMS: StatementCache = const { StatementCache::new() };
+    static TAKE_OVER: StatementCache = const { StatementCache::new() };
 }
 
 /// A claimed queue row: a run (`step` empty) or a parallel step of one.
@@ -38,6 +43,8 @@ pub struct Claimed {
     pub run: pgrx::Uuid,
     pub step: String,
     claims: i32,
+    /// Its place in the batch this executor published (shmem).
+    batch_index: usize,
     /// A run's row: the run, as the claim read it.
     run_read: Option<run::ClaimedRun>,
 }
@@ -53,21 +60,34 @@ impl Claimed {
 /// `$2` is the claiming executor's pid (0 when the launcher replays claims a
 /// crash lost, and releases them with the others in flight). Yields the
 /// claimed rows, oldest due first, with what advancing their runs needs.
+/// A claim counts (`claims + 1`) and starts a new attempt of a run it finds
+/// interrupted; taking over another executor's claim (`$taken_over`) does
+/// neither, since that claim already did.
 macro_rules! claim_sql {
     ($picked:literal) => {
+        claim_sql!($picked, "1", "(c.claims > 1)")
+    };
+    ($picked:literal, taken_over) => {
+        claim_sql!($picked, "0", "false")
+    };
+    ($picked:literal, $count:literal, $new_attempt:literal) => {
         concat!(
             "WITH picked AS (",
             $picked,
             "), claimed AS (
-                UPDATE jobs.queue q SET claimed_by = $2, claims = q.claims + 1
+                UPDATE jobs.queue q SET claimed_by = $2, claims = q.claims + ",
+            $count,
+            "
                 FROM picked WHERE (q.run_id, q.step_id) = (picked.run_id, picked.step_id)
                 RETURNING q.run_id, q.step_id, q.claims, q.due_at, q.cancelled
              ), started AS (
                 UPDATE jobs.runs r SET status = 'running', started_at = coalesce(r.started_at, now()),
-                       attempt = r.attempt + (c.claims > 1)::int
+                       attempt = r.attempt + ",
+            $new_attempt,
+            "::int
                 FROM claimed c WHERE r.id = c.run_id AND c.step_id = ''
              ) ",
-            run::claimed_runs_select!()
+            run::claimed_runs_select!($new_attempt)
         )
     };
 }
@@ -119,23 +139,161 @@ pub extern "C-unwind" fn pg_jobs_executor_main(arg: pg_sys::Datum) {
         // Idle before looking: a commit after this point sees it and wakes it.
         slot.set_idle(true);
         report_activity(pg_sys::BackendState::STATE_IDLE, "waiting for work", None);
-        let (claimed, next_due) = in_transaction(|| claim(batch, notes.is_some()));
+        let (mut claimed, next_due) =
+            in_transaction(|| claim(batch, notes.is_some())).unwrap_or_else(|| extension_gone());
+        let mut pending = None;
         if claimed.is_empty() {
-            batch = 1;
-            let poll = Duration::from_millis(gucs::POLL_INTERVAL_MS.get() as u64);
-            wait(next_due.map_or(poll, |due| due.clamp(MIN_WAIT, poll)));
-            continue;
+            let (taken, next_look) = take_over_stuck_work(slot_index);
+            if taken.is_empty() {
+                batch = 1;
+                let poll = Duration::from_millis(gucs::POLL_INTERVAL_MS.get() as u64);
+                let timeout = [next_due, next_look].into_iter().flatten().min();
+                wait(timeout.map_or(poll, |due| due.clamp(MIN_WAIT, poll)));
+                continue;
+            }
+            claimed = taken;
+        } else {
+            pending = note(&mut notes, &claimed);
         }
         slot.set_idle(false);
-        let pending = note(&mut notes, &claimed);
+        publish(slot, &claimed);
         let full = claimed.len() == batch;
         let quick = execute(claimed, pending, &mut notes);
+        slot.clear_batch();
         batch = if full && quick {
             (batch * 2).min(gucs::BATCH_SIZE.get() as usize)
         } else {
             1
         };
     }
+}
+
+/// The extension was dropped: the executor stops, quietly; the launcher
+/// starts executors again after a CREATE EXTENSION.
+fn extension_gone() -> ! {
+    unsafe { pg_sys::proc_exit(0) }
+}
+
+/// Makes the claimed items visible to other executors, none started yet.
+fn publish(slot: &crate::shmem::WorkerSlot, claimed: &[Claimed]) {
+    let items: Vec<crate::shmem::Item> = claimed
+        .iter()
+        .map(|c| crate::shmem::Item {
+            run: *c.run.as_bytes(),
+            step_hash: crate::shmem::step_hash(&c.step),
+        })
+        .collect();
+    slot.publish_batch(&items);
+}
+
+/// Takes over the work another executor claimed and has not started, when
+/// that executor has been in one call of user code for longer than
+/// `TAKE_OVER_AFTER_MS` (a run waiting on a lock, a slow step): nothing
+/// waits behind a stuck run while this executor is free. Returns the work
+/// taken, or how soon to look again.
+fn take_over_stuck_work(own_slot: usize) -> (Vec<Claimed>, Option<Duration>) {
+    let now = crate::shmem::now_ms();
+    let mut next_look: Option<Duration> = None;
+    for (index, slot) in shared().workers.iter().enumerate() {
+        let victim = slot.pid.load(std::sync::atomic::Ordering::SeqCst);
+        if index == own_slot || victim == 0 {
+            continue;
+        }
+        let Some(since) = slot.stuck_since_ms() else {
+            continue;
+        };
+        let stuck_for = now - since;
+        if stuck_for < TAKE_OVER_AFTER_MS {
+            let remaining = Duration::from_millis((TAKE_OVER_AFTER_MS - stuck_for) as u64);
+            next_look = Some(next_look.map_or(remaining, |n| n.min(remaining)));
+            continue;
+        }
+        let items = slot.steal_unstarted(gucs::BATCH_SIZE.get() as usize);
+        if items.is_empty() {
+            continue;
+        }
+        let taken =
+            in_transaction(|| take_over(victim, &items)).unwrap_or_else(|| extension_gone());
+        if !taken.is_empty() {
+            log!(
+                "pg_jobs: executor {index} has been in one call for {stuck_for} ms; another took over {} item(s) it had not started",
+                taken.len()
+            );
+            return (taken, None);
+        }
+    }
+    (Vec::new(), next_look)
+}
+
+/// Claims for this executor the `items` that executor `victim` claimed and
+/// marked stolen; committed at once (synchronously: no note covers it).
+fn take_over(victim: i32, items: &[crate::shmem::Item]) -> Vec<Claimed> {
+    let runs: Vec<pgrx::Uuid> = items
+        .iter()
+        .map(|item| pgrx::Uuid::from_bytes(item.run))
+        .collect();
+    let candidates: Vec<(pgrx::Uuid, String)> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT run_id, step_id FROM jobs.queue WHERE claimed_by = $1 AND run_id = ANY ($2)",
+                None,
+                &[victim.into(), runs.into()],
+            )
+            .expect("finding work to take over")
+            .map(|row| {
+                (
+                    row.get(1).ok().flatten().expect("run_id"),
+                    row.get(2).ok().flatten().expect("step_id"),
+                )
+            })
+            .collect()
+    });
+    let (runs, steps): (Vec<pgrx::Uuid>, Vec<String>) = candidates
+        .into_iter()
+        .filter(|(run, step)| {
+            let item = crate::shmem::Item {
+                run: *run.as_bytes(),
+                step_hash: crate::shmem::step_hash(step),
+            };
+            items.contains(&item)
+        })
+        .unzip();
+    if runs.is_empty() {
+        return Vec::new();
+    }
+    Spi::connect_mut(|client| {
+        let take = prepared(
+            &TAKE_OVER,
+            client,
+            claim_sql!(
+                "SELECT q.run_id, q.step_id
+                 FROM unnest($1::uuid[], $3::text[]) AS t (run_id, step_id)
+                 JOIN jobs.queue q ON (q.run_id, q.step_id) = (t.run_id, t.step_id) AND q.claimed_by = $4
+                 FOR UPDATE OF q SKIP LOCKED",
+                taken_over
+            ),
+            &[
+                UUIDARRAYOID.value(),
+                INT4OID.value(),
+                TEXTARRAYOID.value(),
+                INT4OID.value(),
+            ],
+        );
+        claimed_rows(
+            client
+                .update(
+                    take,
+                    None,
+                    &[
+                        runs.into(),
+                        unsafe { pg_sys::MyProcPid }.into(),
+                        steps.into(),
+                        victim.into(),
+                    ],
+                )
+                .expect("taking over work"),
+        )
+    })
 }
 
 /// Claims up to `limit` due rows; when there are none, says how soon the next
@@ -175,23 +333,25 @@ fn claim(limit: usize, noting: bool) -> (Vec<Claimed>, Option<Duration>) {
 }
 
 fn claimed_rows(rows: pgrx::spi::SpiTupleTable) -> Vec<Claimed> {
-    rows.map(|row| {
-        let run = row.get(1).ok().flatten().expect("run_id");
-        let step: String = row.get(2).ok().flatten().expect("step_id");
-        let claims: i32 = row.get(3).ok().flatten().expect("claims");
-        let run_read = if step.is_empty() {
-            run::claimed_run(&row, run, claims > 1)
-        } else {
-            None
-        };
-        Claimed {
-            run,
-            step,
-            claims,
-            run_read,
-        }
-    })
-    .collect()
+    rows.enumerate()
+        .map(|(batch_index, row)| {
+            let run = row.get(1).ok().flatten().expect("run_id");
+            let step: String = row.get(2).ok().flatten().expect("step_id");
+            let claims: i32 = row.get(3).ok().flatten().expect("claims");
+            let run_read = if step.is_empty() {
+                run::claimed_run(&row, run, claims > 1, batch_index)
+            } else {
+                None
+            };
+            Claimed {
+                run,
+                step,
+                claims,
+                batch_index,
+                run_read,
+            }
+        })
+        .collect()
 }
 
 /// The interrupted attempts of claimed runs are recorded with the claim, before
@@ -214,7 +374,7 @@ fn next_due() -> Option<Duration> {
             &NEXT_DUE,
             client,
             "SELECT (extract(epoch FROM min(due_at) - clock_timestamp()) * 1000)::int8
-             FROM jobs.queue WHERE claimed_by IS NULL AND NOT held",
+             FROM jobs.queue WHERE claimed_by IS NULL AND NOT held AND due_at < 'infinity'",
             &[],
         );
         let millis: Option<i64> = client
@@ -328,18 +488,31 @@ fn execute(
     let mut unloaded: Vec<run::ClaimedRun> =
         runs_read.into_iter().filter_map(|c| c.run_read).collect();
     let mut runs: Vec<run::LoadedRun> = Vec::new();
+    let mut taken_over = Vec::new();
     let mut quick = true;
     while !unloaded.is_empty() || !runs.is_empty() || !tasks.is_empty() {
         let started = Instant::now();
         in_transaction(|| {
-            round(&mut tasks, &mut unloaded, &mut runs, started);
+            round(
+                &mut tasks,
+                &mut unloaded,
+                &mut runs,
+                &mut taken_over,
+                started,
+            );
             record::write_finished();
-        });
+        })
+        .unwrap_or_else(|| extension_gone());
         quick &= started.elapsed() < COMMIT_AFTER;
         if pending.as_ref().is_some_and(PendingClaim::flushed) {
             pending = None;
             clear(notes);
         }
+    }
+    if !taken_over.is_empty() {
+        // Items another executor marked as its own but could not claim (it
+        // failed, or they were locked) would otherwise stay claimed by this one.
+        in_transaction(|| record::release_claimed(taken_over)).unwrap_or_else(|| extension_gone());
     }
     if pending.is_some() {
         // Unflushed still (nothing was written, or synchronous_commit is off),
@@ -363,10 +536,16 @@ fn round(
     tasks: &mut VecDeque<Claimed>,
     unloaded: &mut Vec<run::ClaimedRun>,
     runs: &mut Vec<run::LoadedRun>,
+    taken_over: &mut Vec<(pgrx::Uuid, String)>,
     started: Instant,
 ) {
+    let slot = super::slot().expect("an executor has a slot");
     while let Some(claimed) = tasks.pop_front() {
-        task::execute(&claimed);
+        if slot.start(claimed.batch_index) {
+            task::execute(&claimed);
+        } else {
+            taken_over.push((claimed.run, claimed.step));
+        }
         if started.elapsed() >= COMMIT_AFTER {
             return;
         }
@@ -376,6 +555,11 @@ fn round(
     let mut next_round = Vec::new();
     let mut rest = std::mem::take(runs).into_iter();
     for mut loaded in rest.by_ref() {
+        if !slot.start(loaded.batch_index) {
+            // Taken over by another executor while this one was stuck.
+            taken_over.push((loaded.id, String::new()));
+            continue;
+        }
         if run::advance(&mut loaded) == run::Progress::Continue {
             next_round.push(loaded);
         }

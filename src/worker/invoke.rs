@@ -3,6 +3,7 @@
 
 use std::cell::Cell;
 use std::ffi::{CStr, CString};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pgrx::pg_sys::panic::CaughtError;
@@ -16,6 +17,8 @@ pub struct Failure {
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
+    /// `jobs.cancel_run` interrupted the code: the run ends cancelled.
+    pub cancelled: bool,
 }
 
 impl Failure {
@@ -25,6 +28,15 @@ impl Failure {
             message: message.into(),
             detail: None,
             hint: None,
+            cancelled: false,
+        }
+    }
+
+    /// The code was interrupted by `jobs.cancel_run`.
+    pub fn cancelled() -> Failure {
+        Failure {
+            cancelled: true,
+            ..Failure::new("57014", "interrupted by jobs.cancel_run")
         }
     }
 
@@ -58,6 +70,7 @@ impl Failure {
                 message: report.message().to_string(),
                 detail: report.detail().map(str::to_string),
                 hint: report.hint().map(str::to_string),
+                cancelled: false,
             },
             CaughtError::RustPanic { ereport, .. } => {
                 Failure::new("XX000", ereport.message().to_string())
@@ -104,14 +117,44 @@ mod timeout {
 pub struct UserContext {
     pub owner: pg_sys::Oid,
     pub max_runtime: Option<Duration>,
+    /// The run descends from a jobs/function.* event (jobs.runs.from_system_event).
+    pub from_system_event: bool,
 }
 
 impl UserContext {
-    /// From a function's stored owner and `max_runtime` in milliseconds.
-    pub fn new(owner: Option<pg_sys::Oid>, max_runtime_ms: Option<i64>) -> UserContext {
+    /// From a function's stored owner and `max_runtime` in milliseconds;
+    /// without one, `jobs.max_runtime` bounds each attempt.
+    pub fn new(
+        owner: Option<pg_sys::Oid>,
+        max_runtime_ms: Option<i64>,
+        from_system_event: bool,
+    ) -> UserContext {
         UserContext {
             owner: owner.unwrap_or(pg_sys::Oid::INVALID),
-            max_runtime: max_runtime_ms.map(|ms| Duration::from_millis(ms.max(1) as u64)),
+            max_runtime: max_runtime_ms
+                .map(|ms| Duration::from_millis(ms.max(1) as u64))
+                .or_else(crate::gucs::default_max_runtime),
+            from_system_event,
+        }
+    }
+}
+
+/// Set while user code runs: only then does SIGINT (jobs.cancel_run)
+/// interrupt anything. Read by the signal handler.
+static IN_USER_CODE: AtomicBool = AtomicBool::new(false);
+/// Set by the signal handler when it interrupted user code.
+static CANCEL_DELIVERED: AtomicBool = AtomicBool::new(false);
+
+/// SIGINT: `jobs.cancel_run` asks this executor to interrupt the code of the
+/// run it is executing. Outside user code, or for another run, nothing
+/// happens (the executor checks for cancellations between steps anyway).
+pub extern "C-unwind" fn on_interrupt_signal(_signal: std::ffi::c_int) {
+    if IN_USER_CODE.load(Ordering::SeqCst) && super::cancel_requested() {
+        CANCEL_DELIVERED.store(true, Ordering::SeqCst);
+        unsafe {
+            pg_sys::QueryCancelPending = 1;
+            pg_sys::InterruptPending = 1;
+            pg_sys::SetLatch(pg_sys::MyLatch);
         }
     }
 }
@@ -182,10 +225,15 @@ fn in_subtransaction(
     };
     unsafe { pg_sys::error_context_stack = &mut error_context };
 
+    CANCEL_DELIVERED.store(false, Ordering::SeqCst);
     let body = std::panic::AssertUnwindSafe(body);
     let result = PgTryBuilder::new(|| {
         let body = body;
-        let result = as_owner(user, body.0);
+        let mut result = as_owner(user, body.0);
+        if CANCEL_DELIVERED.load(Ordering::SeqCst) {
+            // The code caught the interruption and went on: its work goes anyway.
+            result = Err(Failure::cancelled());
+        }
         unsafe {
             if result.is_ok() {
                 pg_sys::ReleaseCurrentSubTransaction();
@@ -201,6 +249,9 @@ fn in_subtransaction(
             pg_sys::error_context_stack = error_context.previous;
             pg_sys::MemoryContextSwitchTo(outer_context);
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        if CANCEL_DELIVERED.load(Ordering::SeqCst) {
+            return Err(Failure::cancelled());
         }
         let mut failure = Failure::from_caught(error, RAISED_SQLSTATE.with(Cell::get));
         // Only the max_runtime timer arms the statement timeout in an executor.
@@ -222,6 +273,30 @@ fn in_subtransaction(
         pg_sys::CurrentResourceOwner = outer_owner;
     }
     result
+}
+
+/// Marks the time user code runs (for SIGINT and for idle executors that
+/// would take over what this one has not started), until dropped, by a
+/// return or by an error unwinding.
+struct InUserCode;
+
+impl InUserCode {
+    fn enter() -> InUserCode {
+        super::set_busy(true);
+        IN_USER_CODE.store(true, Ordering::SeqCst);
+        InUserCode
+    }
+}
+
+impl Drop for InUserCode {
+    fn drop(&mut self) {
+        IN_USER_CODE.store(false, Ordering::SeqCst);
+        super::set_busy(false);
+        if CANCEL_DELIVERED.load(Ordering::SeqCst) {
+            // Delivered as the code ended: it must not cancel pg_jobs' own work.
+            unsafe { pg_sys::QueryCancelPending = 0 };
+        }
+    }
 }
 
 /// Runs `f` with the owner's identity and the configured settings (not the
@@ -251,7 +326,9 @@ fn as_owner<R>(user: &UserContext, f: impl FnOnce() -> R) -> R {
             );
         }
     }
-    let result = f();
+    let in_user_code = InUserCode::enter();
+    let result = crate::api::events::as_code_of_run(user.from_system_event, f);
+    drop(in_user_code);
     unsafe {
         if user.max_runtime.is_some() {
             timeout::disable_timeout(timeout::STATEMENT_TIMEOUT, false);

@@ -29,12 +29,15 @@ pub fn register() {
         .load();
 }
 
-fn extension_installed() -> bool {
-    Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_jobs')",
+/// The version of the extension installed in the database, which must be
+/// this library's for the workers to run (after an upgrade of the library,
+/// until `ALTER EXTENSION pg_jobs UPDATE`, it is the old one).
+fn installed_version() -> String {
+    Spi::get_one::<String>(
+        "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_jobs'",
     )
     .expect("looking for the extension")
-        == Some(true)
+    .unwrap_or_default()
 }
 
 /// Executors left by an earlier launcher (one that exited on an error while
@@ -160,6 +163,56 @@ fn fire_due_schedules() {
     }
 }
 
+/// `@reboot` schedules: one run per server start, for the instant shared
+/// memory was set up. The launcher fires them once, after recovery; if it
+/// stops before it has noted that in shared memory, the next launcher finds
+/// the instant fired (jobs.cron_fires). Schedules added later wait for the
+/// next start; a paused function's run is skipped.
+fn fire_reboot_schedules(started: chrono::DateTime<chrono::Utc>) -> usize {
+    let schedules: Vec<(String, String, bool)> = Spi::connect_mut(|client| {
+        client
+            .update(
+                "SELECT s.function_id, s.expression, f.paused
+                 FROM jobs.cron_schedules s JOIN jobs.functions f ON f.id = s.function_id
+                 WHERE s.next_fire_at = 'infinity'
+                 FOR UPDATE OF s",
+                None,
+                &[],
+            )
+            .expect("finding @reboot schedules")
+            .map(|row| {
+                (
+                    row.get(1).ok().flatten().expect("function_id"),
+                    row.get(2).ok().flatten().expect("expression"),
+                    row.get(3).ok().flatten().expect("paused"),
+                )
+            })
+            .collect()
+    });
+    let mut fired = 0;
+    for (function_id, expression, paused) in schedules {
+        let reboot = cron::parse(&expression, chrono_tz::Tz::UTC).is_ok_and(|c| c.is_reboot());
+        if paused || !reboot {
+            continue;
+        }
+        if let Some(run) = fire(&function_id, &expression, started) {
+            Spi::run_with_args(
+                "UPDATE jobs.cron_schedules SET last_fired_at = $3, last_run_id = $4
+                 WHERE function_id = $1 AND expression = $2",
+                &[
+                    function_id.as_str().into(),
+                    expression.as_str().into(),
+                    pgtime::to_pg(started).into(),
+                    run.into(),
+                ],
+            )
+            .expect("recording a @reboot run");
+            fired += 1;
+        }
+    }
+    fired
+}
+
 /// Starts the run for one scheduled instant, unless the function already has one for it.
 fn fire(
     function_id: &str,
@@ -181,7 +234,16 @@ fn fire(
         "cron": expression,
         "scheduled_at": at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
     });
-    let run = api::events::start_run(function_id, "jobs/scheduled.timer", data, None)?;
+    let data = api::types::JsonbDatum::parse(&data.to_string());
+    let started = api::events::start_run(
+        function_id,
+        "jobs/scheduled.timer",
+        data,
+        api::events::Origin::default(),
+    );
+    let api::events::Started::Run(run) = started else {
+        return None;
+    };
     Spi::run_with_args(
         "UPDATE jobs.cron_fires SET run_id = $3 WHERE function_id = $1 AND scheduled_at = $2",
         &[function_id.into(), pgtime::to_pg(at).into(), run.into()],
@@ -193,7 +255,8 @@ fn fire(
 /// How long until the next schedule is due.
 fn next_schedule_in() -> Option<Duration> {
     Spi::get_one::<i64>(
-        "SELECT (extract(epoch FROM min(next_fire_at) - clock_timestamp()) * 1000)::int8 FROM jobs.cron_schedules",
+        "SELECT (extract(epoch FROM min(next_fire_at) - clock_timestamp()) * 1000)::int8
+         FROM jobs.cron_schedules WHERE next_fire_at < 'infinity'",
     )
     .expect("finding the next schedule")
     .map(|ms| Duration::from_millis(ms.max(0) as u64))
@@ -210,9 +273,6 @@ fn start_executor(slot: usize) -> Option<DynamicBackgroundWorker> {
         .set_restart_time(None)
         .set_notify_pid(unsafe { pg_sys::MyProcPid })
         .load_dynamic();
-    if started.is_err() {
-        warning!("pg_jobs: could not start executor {slot}: raise max_worker_processes (jobs.workers = {})", gucs::WORKERS.get());
-    }
     started.ok()
 }
 
@@ -235,14 +295,25 @@ pub extern "C-unwind" fn pg_jobs_launcher_main(_arg: pg_sys::Datum) {
         (0..MAX_WORKERS).map(|_| None).collect();
     let mut running = false;
     let mut last_housekeeping = Instant::now();
+    let mut said_version = String::new();
+    let mut shortfall = (0, 0);
     loop {
         handle_interrupts();
         shared().launcher_beat();
-        let installed = in_transaction(extension_installed);
+        let version = in_transaction(installed_version).unwrap_or_default();
+        let installed = version == env!("CARGO_PKG_VERSION");
+        if !version.is_empty() && !installed && said_version != version {
+            warning!(
+                "pg_jobs: the library is version {}, the extension installed in \"{database}\" is {version}; nothing runs until ALTER EXTENSION pg_jobs UPDATE",
+                env!("CARGO_PKG_VERSION")
+            );
+        }
+        said_version = version;
         if installed && !running {
             stop_orphaned_executors();
             let (replayed, released) =
-                in_transaction(|| (executor::replay_noted_claims(), release_all_claims()));
+                in_transaction(|| (executor::replay_noted_claims(), release_all_claims()))
+                    .unwrap_or((0, 0));
             // Applied; kept, a note could be applied again by a later start of
             // the launcher that no checkpoint separates from this one.
             if let Err(e) = claim_notes::clear_all(claim_notes::directory()) {
@@ -254,23 +325,52 @@ pub extern "C-unwind" fn pg_jobs_launcher_main(_arg: pg_sys::Datum) {
             if released > 0 {
                 log!("pg_jobs: resuming {released} run(s) that were in flight when the server stopped");
             }
+            in_transaction(crate::owners::refresh_registry);
+            if !shared().reboot_fired() {
+                let started = chrono::DateTime::from_timestamp_micros(shared().started_at_us())
+                    .expect("the server's start time");
+                let fired = in_transaction(|| fire_reboot_schedules(started)).unwrap_or(0);
+                shared().set_reboot_fired();
+                if fired > 0 {
+                    log!("pg_jobs: {fired} @reboot schedule(s) started a run for the server start at {started}");
+                }
+            }
             running = true;
         } else if !installed && running {
-            for handle in executors.iter_mut().filter_map(Option::take) {
-                handle.terminate();
-            }
+            // The executors stop by themselves at their next transaction
+            // (a DROP EXTENSION waited for those under way).
             running = false;
         }
         let poll = Duration::from_millis(gucs::POLL_INTERVAL_MS.get().max(100) as u64);
         let mut timeout = poll;
+        let wanted = if running {
+            gucs::WORKERS.get() as usize
+        } else {
+            0
+        };
+        let missing = supervise(&mut executors, wanted, running);
+        if (wanted, missing) != shortfall {
+            if missing > 0 {
+                warning!(
+                    "pg_jobs: only {} of jobs.workers = {wanted} executors could start: raise max_worker_processes",
+                    wanted - missing
+                );
+            } else if shortfall.1 > 0 {
+                log!("pg_jobs: all {wanted} executors are running");
+            }
+            shortfall = (wanted, missing);
+            shared().set_workers_shortfall(wanted, missing);
+        }
         if running {
-            supervise(&mut executors);
             if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
                 in_transaction(housekeeping);
                 last_housekeeping = Instant::now();
             }
+            if shared().owners_stale() {
+                in_transaction(crate::owners::refresh_registry);
+            }
             in_transaction(fire_due_schedules);
-            if let Some(next) = in_transaction(next_schedule_in) {
+            if let Some(next) = in_transaction(next_schedule_in).flatten() {
                 timeout = next.clamp(Duration::from_millis(1), poll);
             }
         }
@@ -281,11 +381,16 @@ pub extern "C-unwind" fn pg_jobs_launcher_main(_arg: pg_sys::Datum) {
     }
 }
 
-/// Keeps exactly `jobs.workers` executors alive, releasing the claims of any
-/// that stopped. Executors beyond `jobs.workers` (after a reload) are asked to
-/// stop and tracked until they have, so that their claims are released too.
-fn supervise(executors: &mut [Option<DynamicBackgroundWorker>]) {
-    let wanted = gucs::WORKERS.get() as usize;
+/// Keeps exactly `wanted` executors alive, releasing the claims of any that
+/// stopped; returns how many of them could not be started. Executors beyond
+/// `wanted` (after a reload) are asked to stop, unless the extension is gone
+/// (`running` false: they stop by themselves), and tracked until they have,
+/// so that their claims are released too.
+fn supervise(
+    executors: &mut [Option<DynamicBackgroundWorker>],
+    wanted: usize,
+    running: bool,
+) -> usize {
     let mut stopped_pids = Vec::new();
     for (slot, executor) in executors.iter_mut().enumerate() {
         let Some(handle) = executor else { continue };
@@ -299,19 +404,22 @@ fn supervise(executors: &mut [Option<DynamicBackgroundWorker>]) {
                 }
                 stopped_pids.push(shared().workers[slot].last_pid.load(Ordering::SeqCst));
             }
-            Ok(pid) if slot >= wanted => signal_stop(pid),
+            Ok(pid) if slot >= wanted && running => signal_stop(pid),
             _ => {}
         }
     }
     if !stopped_pids.is_empty() {
-        let released = in_transaction(|| release_claims(&stopped_pids));
+        let released = in_transaction(|| release_claims(&stopped_pids)).unwrap_or(0);
         if released > 0 {
             log!("pg_jobs: an executor stopped; {released} run(s) it held will be retried");
         }
     }
+    let mut missing = 0;
     for (slot, executor) in executors.iter_mut().enumerate().take(wanted) {
         if executor.is_none() {
             *executor = start_executor(slot);
+            missing += usize::from(executor.is_none());
         }
     }
+    missing
 }

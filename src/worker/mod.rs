@@ -11,10 +11,20 @@ use std::time::Duration;
 
 use pgrx::prelude::*;
 
-/// Runs `f` in its own transaction and commits it. An error inside ends the
+/// Runs `f` in its own transaction and commits it, if the extension is
+/// installed; `None` (and nothing done) otherwise. An error inside ends the
 /// worker (it is restarted); errors from user code never get here, they are
 /// caught around each invocation.
-fn in_transaction<R>(f: impl FnOnce() -> R) -> R {
+///
+/// The transaction first takes a share lock on the extension itself, which
+/// `DROP EXTENSION` must take exclusively before it touches pg_jobs' tables:
+/// a drop waits for the transactions under way and then runs alone, and no
+/// worker touches a table that is being dropped.
+fn in_transaction<R>(f: impl FnOnce() -> R) -> Option<R> {
+    in_plain_transaction(|| lock_extension().then(f))
+}
+
+fn in_plain_transaction<R>(f: impl FnOnce() -> R) -> R {
     unsafe {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
@@ -31,10 +41,30 @@ fn in_transaction<R>(f: impl FnOnce() -> R) -> R {
     result
 }
 
+/// Locks the extension for the transaction; false when it is not installed
+/// (or was dropped while this waited for the lock).
+fn lock_extension() -> bool {
+    let extension = unsafe { pg_sys::get_extension_oid(c"pg_jobs".as_ptr(), true) };
+    if extension == pg_sys::Oid::INVALID {
+        return false;
+    }
+    unsafe {
+        pg_sys::LockDatabaseObject(
+            pg_sys::ExtensionRelationId,
+            extension,
+            0,
+            pg_sys::AccessShareLock as pg_sys::LOCKMODE,
+        );
+        // Taking the lock processed invalidations: a drop that committed
+        // meanwhile is visible now.
+        pg_sys::get_extension_oid(c"pg_jobs".as_ptr(), true) == extension
+    }
+}
+
 /// Gives the session pg_jobs' own settings (`gucs::OWN_STATEMENT_SETTINGS`);
 /// user code gets the configured ones back while it runs (invoke.rs).
 fn use_own_settings() {
-    in_transaction(|| {
+    in_plain_transaction(|| {
         for (name, value) in crate::gucs::OWN_STATEMENT_SETTINGS {
             crate::gucs::set_for_session(name, value);
         }
@@ -42,7 +72,8 @@ fn use_own_settings() {
 }
 
 /// SIGTERM interrupts whatever runs (user code included) at its next interrupt
-/// check; SIGHUP asks for a settings reload.
+/// check; SIGHUP asks for a settings reload; SIGINT, from `jobs.cancel_run`,
+/// interrupts the user code of the run it names (invoke.rs).
 fn attach_signal_handlers() {
     // PostgreSQL's own handlers, as signal handlers (pg_sys wraps them as Rust functions).
     extern "C-unwind" {
@@ -52,6 +83,7 @@ fn attach_signal_handlers() {
     unsafe {
         pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(die));
         pg_sys::pqsignal(pg_sys::SIGHUP as i32, Some(SignalHandlerForConfigReload));
+        pg_sys::pqsignal(pg_sys::SIGINT as i32, Some(invoke::on_interrupt_signal));
         pg_sys::BackgroundWorkerUnblockSignals();
     }
 }
@@ -93,9 +125,27 @@ fn set_slot(slot: usize) {
 fn report_activity(state: pg_sys::BackendState::Type, activity: &str, run: Option<pgrx::Uuid>) {
     let text = std::ffi::CString::new(activity).unwrap_or_default();
     unsafe { pg_sys::pgstat_report_activity(state, text.as_ptr()) };
-    if let Some(slot) = SLOT.with(std::cell::Cell::get) {
-        let worker = &crate::shmem::shared().workers[slot];
+    if let Some(worker) = slot() {
         worker.set_run(run.map(|id| *id.as_bytes()));
         worker.beat();
     }
+}
+
+fn slot() -> Option<&'static crate::shmem::WorkerSlot> {
+    SLOT.with(std::cell::Cell::get)
+        .map(|slot| &crate::shmem::shared().workers[slot])
+}
+
+/// The executor enters or leaves user code (for idle executors that take
+/// over the work it has not started while it is stuck there).
+fn set_busy(busy: bool) {
+    if let Some(slot) = slot() {
+        slot.set_busy(busy);
+    }
+}
+
+/// Whether `jobs.cancel_run` asked to interrupt the run this executor runs.
+/// Called from the signal handler: atomics only.
+fn cancel_requested() -> bool {
+    slot().is_some_and(crate::shmem::WorkerSlot::cancel_requested)
 }

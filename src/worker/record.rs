@@ -58,6 +58,7 @@ thread_local! {
     static INTERRUPTED_ATTEMPTS: StatementCache = const { StatementCache::new() };
     static STEP: StatementCache = const { StatementCache::new() };
     static RELEASE: StatementCache = const { StatementCache::new() };
+    static RELEASE_CLAIMED: StatementCache = const { StatementCache::new() };
     static SLEEP: StatementCache = const { StatementCache::new() };
     static PLAN: StatementCache = const { StatementCache::new() };
     static TASK_DONE: StatementCache = const { StatementCache::new() };
@@ -244,6 +245,24 @@ pub fn release(run: pgrx::Uuid, step: &str, delay: Duration) {
     rearm_timers();
 }
 
+/// Gives back items this executor claimed and another took over, where the
+/// other did not get them: nobody holds them then, and they run again.
+pub fn release_claimed(items: Vec<(pgrx::Uuid, String)>) {
+    let (runs, steps): (Vec<pgrx::Uuid>, Vec<String>) = items.into_iter().unzip();
+    exec::<bool>(
+        &RELEASE_CLAIMED,
+        "UPDATE jobs.queue q SET claimed_by = NULL
+         FROM unnest($1::uuid[], $2::text[]) AS t (run_id, step_id)
+         WHERE (q.run_id, q.step_id) = (t.run_id, t.step_id) AND q.claimed_by = $3",
+        vec![
+            runs.into(),
+            steps.into(),
+            unsafe { pg_sys::MyProcPid }.into(),
+        ],
+    );
+    rearm_timers();
+}
+
 /// The run sleeps until `until_ms` (Unix milliseconds).
 pub fn sleep(run: pgrx::Uuid, until_ms: i64) {
     exec::<bool>(
@@ -312,14 +331,15 @@ pub fn look_back(run: pgrx::Uuid, wait: &PlannedWait) -> Option<String> {
         &LOOK_BACK,
         "SELECT a.doc::text
          FROM jobs.runs r
+         JOIN jobs.functions f ON f.id = r.function_id
          JOIN jobs.events t ON t.id = r.event_id
          CROSS JOIN LATERAL (SELECT jsonb_build_object('id', t.id, 'name', t.name, 'data', t.data, 'ts', t.ts) AS doc) trigger
          JOIN jobs.events e ON e.name = $2 AND e.received_at >= r.created_at AND e.duplicate_of IS NULL
+                           AND (e.owner IS NULL OR pg_has_role(f.owner, e.owner, 'MEMBER'))
          CROSS JOIN LATERAL (SELECT jsonb_build_object('id', e.id, 'name', e.name, 'data', e.data, 'ts', e.ts) AS doc) a
          WHERE r.id = $1
            AND (cardinality($3::text[]) = 0 OR a.doc #> $3 = trigger.doc #> $3)
-           AND ($4::jsonpath IS NULL OR jsonb_path_match(
-                jsonb_build_object('event', trigger.doc, 'async', a.doc), $4::jsonpath, '{}', true))
+           AND ($4::text IS NULL OR jobs._expr_true($4, jsonb_build_object('event', trigger.doc, 'async', a.doc)))
            AND NOT EXISTS (SELECT FROM jobs.steps s WHERE s.run_id = r.id AND s.kind = 'wait'
                            AND s.output->>'id' = e.id::text)
          ORDER BY e.received_at
@@ -343,7 +363,7 @@ pub fn wait(run: pgrx::Uuid, wait: &PlannedWait) {
             FROM jobs.runs r JOIN jobs.events t ON t.id = r.event_id WHERE r.id = $1
          ), waiting AS (
             INSERT INTO jobs.waits AS w (run_id, step_id, kind, event, match_path, match_value, condition, trigger, expires_at)
-            SELECT $1, $5, 'event', $2, $3, CASE WHEN cardinality($3) = 0 THEN 'true' ELSE doc #> $3 END, $4::jsonpath,
+            SELECT $1, $5, 'event', $2, $3, CASE WHEN cardinality($3) = 0 THEN 'true' ELSE doc #> $3 END, $4::text,
                    CASE WHEN $4 IS NOT NULL THEN doc END, clock_timestamp() + $6 * interval '1 millisecond'
             FROM trigger
             ON CONFLICT (run_id, step_id) DO UPDATE SET expires_at = excluded.expires_at

@@ -96,9 +96,13 @@ fn random_fraction() -> f64 {
 
 /// A claimed run, with what advancing it needs.
 pub struct LoadedRun {
-    id: pgrx::Uuid,
+    pub id: pgrx::Uuid,
+    /// Its place in the executor's published batch (shmem), to mark it started.
+    pub batch_index: usize,
     interrupted: bool,
     function_id: String,
+    /// The function's owner, whose functions alone hear about the run's end.
+    function_owner: pg_sys::Oid,
     attempt: i32,
     function_exists: bool,
     paused: bool,
@@ -106,9 +110,14 @@ pub struct LoadedRun {
     user: UserContext,
     call: Option<CString>,
     handler: String,
+    /// The handler now belongs to another role than the one that owned it
+    /// when the function was defined.
+    handler_replaced: bool,
     ctx: String,
     /// Why the run is being cancelled, when it is.
     cancelled: Option<String>,
+    /// A step of it is suspended (sleep, wait, invoke) and ends now.
+    suspended: bool,
     memos: HashMap<String, Memo>,
 }
 
@@ -140,10 +149,15 @@ fn stored_step(row: &pgrx::spi::SpiHeapTupleData) -> (pgrx::Uuid, String, String
 /// its run needs, read by `claimed_run`; NULL for a parallel step's row. The
 /// statement sees the runs as they were before it: the attempt the claim
 /// starts is computed, and a run not started before has no steps yet.
+/// `$new_attempt` says whether the claim starts a new attempt of an
+/// interrupted run (a claim does; taking over another executor's claim does not).
 macro_rules! claimed_runs_select {
-    () => {
-        "SELECT c.run_id, c.step_id, c.claims,
-                e.id IS NOT NULL, r.started_at IS NULL, r.function_id, r.attempt + (c.claims > 1)::int,
+    ($new_attempt:literal) => {
+        concat!(
+            "SELECT c.run_id, c.step_id, c.claims,
+                e.id IS NOT NULL, r.started_at IS NULL, r.function_id, r.attempt + ",
+            $new_attempt,
+            "::int,
                 f.id IS NOT NULL, coalesce(f.paused, false), coalesce(f.max_attempts, 1),
                 coalesce(f.backoff::text, '{}'), (extract(epoch FROM f.max_runtime) * 1000)::int8,
                 f.owner::oid, coalesce(f.handler, ''),
@@ -151,8 +165,11 @@ macro_rules! claimed_runs_select {
                 p.prorettype = 'pg_catalog.void'::pg_catalog.regtype,
                 jsonb_build_object('event', ev.event, 'events', jsonb_build_array(ev.event),
                     'run_id', r.id, 'function_id', r.function_id,
-                    'attempt', r.attempt + (c.claims > 1)::int)::text,
-                c.cancelled::text
+                    'attempt', r.attempt + ",
+            $new_attempt,
+            "::int)::text,
+                c.cancelled::text, p.proowner IS DISTINCT FROM f.handler_owner::oid,
+                coalesce(r.from_system_event, false)
          FROM claimed c
          LEFT JOIN jobs.runs r ON r.id = c.run_id AND c.step_id = ''
          LEFT JOIN jobs.events e ON e.id = r.event_id
@@ -162,6 +179,7 @@ macro_rules! claimed_runs_select {
          LEFT JOIN pg_proc p ON p.oid = to_regprocedure(f.handler)
          LEFT JOIN pg_namespace n ON n.oid = p.pronamespace
          ORDER BY c.due_at"
+        )
     };
 }
 pub(crate) use claimed_runs_select;
@@ -172,6 +190,7 @@ pub fn claimed_run(
     row: &pgrx::spi::SpiHeapTupleData,
     id: pgrx::Uuid,
     interrupted: bool,
+    batch_index: usize,
 ) -> Option<ClaimedRun> {
     if row.get::<bool>(4).ok().flatten() != Some(true) {
         return None;
@@ -181,21 +200,27 @@ pub fn claimed_run(
     let returns_void: Option<bool> = row.get(16).ok().flatten();
     let max_attempts: i32 = row.get(10).ok().flatten().expect("max_attempts");
     let backoff: String = row.get(11).ok().flatten().expect("backoff");
+    let owner: Option<pg_sys::Oid> = row.get(13).ok().flatten();
+    let from_system_event: bool = row.get(20).ok().flatten().unwrap_or(false);
     Some(ClaimedRun {
         fresh: row.get(5).ok().flatten().expect("fresh"),
         run: LoadedRun {
             id,
+            batch_index,
             interrupted,
             function_id: row.get(6).ok().flatten().expect("function_id"),
+            function_owner: owner.unwrap_or(pg_sys::Oid::INVALID),
             attempt: row.get(7).ok().flatten().expect("attempt"),
             function_exists: row.get(8).ok().flatten().expect("exists"),
             paused: row.get(9).ok().flatten().expect("paused"),
             policy: Policy::new(max_attempts, &backoff),
-            user: UserContext::new(row.get(13).ok().flatten(), max_runtime),
+            user: UserContext::new(owner, max_runtime, from_system_event),
             call: name.map(|n| invoke::handler_call(&n, returns_void == Some(true))),
             handler: row.get(14).ok().flatten().expect("handler"),
+            handler_replaced: row.get(19).ok().flatten().unwrap_or(false),
             ctx: row.get(17).ok().flatten().expect("ctx"),
             cancelled: row.get(18).ok().flatten(),
+            suspended: false,
             memos: HashMap::new(),
         },
     })
@@ -208,10 +233,9 @@ pub struct ClaimedRun {
     run: LoadedRun,
 }
 
-/// Completes the claimed runs with the steps they have done. Whatever
-/// suspended a run is over, since it was due: a sleep ended, a wait or an
-/// invoke timed out (an event or a finished run would have ended the step
-/// already); such steps end now, unless the run is being cancelled.
+/// Completes the claimed runs with the steps they have done. It only reads,
+/// so that runs not started yet can still be taken over by another executor
+/// (see executor.rs); what suspended a run ends when it is advanced.
 pub fn load(claimed: Vec<ClaimedRun>) -> Vec<LoadedRun> {
     let ids: Vec<pgrx::Uuid> = claimed
         .iter()
@@ -227,7 +251,7 @@ pub fn load(claimed: Vec<ClaimedRun>) -> Vec<LoadedRun> {
         .enumerate()
         .map(|(i, run)| (run.id, i))
         .collect();
-    Spi::connect_mut(|client| {
+    Spi::connect(|client| {
         let steps = prepared(
             &LOAD_STEPS,
             client,
@@ -235,7 +259,6 @@ pub fn load(claimed: Vec<ClaimedRun>) -> Vec<LoadedRun> {
              FROM jobs.steps WHERE run_id = ANY ($1)",
             &[UUIDARRAYOID.value()],
         );
-        let mut suspended: Vec<pgrx::Uuid> = Vec::new();
         for row in client
             .select(steps, None, &[ids.into()])
             .expect("loading steps")
@@ -244,45 +267,46 @@ pub fn load(claimed: Vec<ClaimedRun>) -> Vec<LoadedRun> {
             let Some(loaded) = position.get(&run).map(|&i| &mut loaded[i]) else {
                 continue;
             };
-            if matches!(status.as_str(), "sleeping" | "waiting") && loaded.cancelled.is_none() {
-                suspended.push(run);
-            }
+            loaded.suspended |= matches!(status.as_str(), "sleeping" | "waiting");
             loaded.memos.insert(id, memo);
-        }
-
-        if !suspended.is_empty() {
-            let ended = prepared(
-                &END_SUSPENSIONS,
-                client,
-                "WITH timed_out AS (
-                    DELETE FROM jobs.waits w
-                    WHERE w.run_id = ANY ($1) AND w.kind = 'event' AND w.expires_at <= now()
-                    RETURNING w.run_id, w.step_id
-                 )
-                 UPDATE jobs.steps s SET
-                    status = CASE WHEN s.kind = 'invoke' THEN 'failed' ELSE 'completed' END,
-                    error = CASE WHEN s.kind = 'invoke' THEN jsonb_build_object(
-                        'sqlstate', '57014', 'message', 'the invoked run did not finish in time') END,
-                    ended_at = clock_timestamp()
-                 WHERE s.run_id = ANY ($1)
-                   AND (s.status = 'sleeping' OR (s.status = 'waiting' AND s.kind = 'invoke')
-                        OR (s.run_id, s.id) IN (SELECT run_id, step_id FROM timed_out))
-                 RETURNING s.run_id, s.id, s.status, s.attempts, s.output::text,
-                           s.error->>'sqlstate', s.error->>'message'",
-                &[UUIDARRAYOID.value()],
-            );
-            for row in client
-                .update(ended, None, &[suspended.into()])
-                .expect("ending suspensions")
-            {
-                let (run, id, _, memo) = stored_step(&row);
-                if let Some(&i) = position.get(&run) {
-                    loaded[i].memos.insert(id, memo);
-                }
-            }
         }
     });
     loaded
+}
+
+/// Whatever suspended the run is over, since it was due: a sleep ended, a
+/// wait or an invoke timed out (an event or a finished run would have ended
+/// the step already); such steps end now.
+fn end_suspensions(run: &mut LoadedRun) {
+    Spi::connect_mut(|client| {
+        let ended = prepared(
+            &END_SUSPENSIONS,
+            client,
+            "WITH timed_out AS (
+                DELETE FROM jobs.waits w
+                WHERE w.run_id = $1 AND w.kind = 'event' AND w.expires_at <= now()
+                RETURNING w.run_id, w.step_id
+             )
+             UPDATE jobs.steps s SET
+                status = CASE WHEN s.kind = 'invoke' THEN 'failed' ELSE 'completed' END,
+                error = CASE WHEN s.kind = 'invoke' THEN jsonb_build_object(
+                    'sqlstate', '57014', 'message', 'the invoked run did not finish in time') END,
+                ended_at = clock_timestamp()
+             WHERE s.run_id = $1
+               AND (s.status = 'sleeping' OR (s.status = 'waiting' AND s.kind = 'invoke')
+                    OR (s.run_id, s.id) IN (SELECT run_id, step_id FROM timed_out))
+             RETURNING s.run_id, s.id, s.status, s.attempts, s.output::text,
+                       s.error->>'sqlstate', s.error->>'message'",
+            &[UUIDOID.value()],
+        );
+        for row in client
+            .update(ended, None, &[run.id.into()])
+            .expect("ending suspensions")
+        {
+            let (_, id, _, memo) = stored_step(&row);
+            run.memos.insert(id, memo);
+        }
+    });
 }
 
 /// Runs carried from the last round are not loaded again; only whether
@@ -344,12 +368,26 @@ pub fn advance(run: &mut LoadedRun) -> Progress {
         record::hold(run.id, "");
         return Progress::Done;
     }
+    if std::mem::take(&mut run.suspended) {
+        end_suspensions(run);
+    }
     if std::mem::take(&mut run.interrupted) {
         // The claim counted and recorded the interrupted attempt.
         if run.attempt >= run.policy.max_attempts {
             finish(run, "failed", None, Some(&Failure::interrupted()));
             return Progress::Done;
         }
+    }
+    if run.handler_replaced && run.call.is_some() {
+        // Dropped and created again by someone else: not the code the owner chose.
+        let failure = Failure::new(
+            "42501",
+            format!(
+                "handler {} is not the one the function was defined with: it belongs to another role now; define the function again to use it",
+                run.handler
+            ),
+        );
+        return handler_failed(run, failure);
     }
     let Some(call) = &run.call else {
         let failure = Failure::new("42883", format!("handler {} does not exist", run.handler));
@@ -364,6 +402,11 @@ pub fn advance(run: &mut LoadedRun) -> Progress {
     let (result, memos, operation) =
         replay::during(replay, || invoke::call_handler(&run.user, call, &run.ctx));
     run.memos = memos;
+    if let Err(failure) = &result {
+        if failure.cancelled {
+            return cancel_now(run);
+        }
+    }
     match operation {
         None => match result {
             Ok(output) => {
@@ -398,8 +441,15 @@ fn finish(
             .and_then(|mut ctx| ctx.get_mut("event").map(serde_json::Value::take))
             .unwrap_or_default()
     };
+    record::finish(run.id, status, output.clone(), failure);
+    if run.user.from_system_event {
+        // The loop rule: a run that a jobs/function.* event started (or one
+        // descending from such a run) sends none of its own.
+        return;
+    }
     let error = || failure.map(Failure::to_json).unwrap_or_default();
-    api::events::emit("jobs/function.finished", || {
+    let owner = run.function_owner;
+    api::events::emit("jobs/function.finished", owner, || {
         let mut finished = serde_json::json!({
             "function_id": run.function_id, "run_id": run.id.to_string(), "event": event(),
         });
@@ -420,11 +470,30 @@ fn finish(
         })
     };
     match status {
-        "failed" => api::events::emit("jobs/function.failed", specific),
-        "cancelled" => api::events::emit("jobs/function.cancelled", specific),
+        "failed" => api::events::emit("jobs/function.failed", owner, specific),
+        "cancelled" => api::events::emit("jobs/function.cancelled", owner, specific),
         _ => 0,
     };
-    record::finish(run.id, status, output, failure);
+}
+
+/// `jobs.cancel_run` interrupted the run's code: it ends cancelled, for the
+/// reason recorded in its queue entry.
+fn cancel_now(run: &mut LoadedRun) -> Progress {
+    check_cancellations(std::slice::from_mut(run));
+    let reason: serde_json::Value = run
+        .cancelled
+        .as_deref()
+        .and_then(|r| serde_json::from_str(r).ok())
+        .unwrap_or_else(|| serde_json::json!({"message": "cancelled by jobs.cancel_run"}));
+    let message = reason
+        .get("message")
+        .and_then(|m| m.as_str())
+        .unwrap_or("cancelled")
+        .to_string();
+    let mut failure = Failure::new("57014", format!("{message} (its code was interrupted)"));
+    failure.detail = Some(reason.to_string());
+    finish(run, "cancelled", None, Some(&failure));
+    Progress::Done
 }
 
 /// Registers the wait, unless an event sent since the run started already
@@ -469,39 +538,49 @@ fn wait_for_event(run: &mut LoadedRun, wait: &PlannedWait) -> Progress {
 }
 
 fn start_invoke(run: &mut LoadedRun, invoke: &PlannedInvoke) -> Progress {
-    let data = serde_json::from_str(&invoke.data).unwrap_or_default();
-    match api::events::start_run(
+    let origin = api::events::Origin {
+        invoker: Some(run.user.owner),
+        parent: Some((run.id, invoke.id.as_str())),
+        from_system_event: run.user.from_system_event,
+    };
+    let data = api::types::JsonbDatum::parse(&invoke.data);
+    let failure = match api::events::start_run(
         &invoke.function_id,
         "jobs/function.invoked",
         data,
-        Some((run.id, invoke.id.as_str())),
+        origin,
     ) {
-        Some(_) => {
+        api::events::Started::Run(_) => {
             record::invoked(run.id, invoke);
-            Progress::Done
+            return Progress::Done;
         }
-        None => {
-            let failure = Failure::new(
-                "42704",
-                format!("function id \"{}\" does not exist", invoke.function_id),
-            );
-            record_step(
-                run,
-                StepUpdate {
-                    run: run.id,
-                    id: &invoke.id,
-                    name: &invoke.name,
-                    kind: "invoke",
-                    status: "failed",
-                    attempted: true,
-                    output: None,
-                    failure: Some(&failure),
-                    elapsed: Duration::ZERO,
-                },
-            );
-            Progress::Continue
-        }
-    }
+        api::events::Started::NoSuchFunction => Failure::new(
+            "42704",
+            format!("function id \"{}\" does not exist", invoke.function_id),
+        ),
+        api::events::Started::NotAllowed => Failure::new(
+            "42501",
+            format!(
+                "function id \"{}\" belongs to another role, which does not let this function's owner invoke it (config key \"invokers\")",
+                invoke.function_id
+            ),
+        ),
+    };
+    record_step(
+        run,
+        StepUpdate {
+            run: run.id,
+            id: &invoke.id,
+            name: &invoke.name,
+            kind: "invoke",
+            status: "failed",
+            attempted: true,
+            output: None,
+            failure: Some(&failure),
+            elapsed: Duration::ZERO,
+        },
+    );
+    Progress::Continue
 }
 
 /// The handler raised (outside any step, or a step's failure it did not catch).
@@ -543,6 +622,10 @@ fn run_step(run: &mut LoadedRun, step: PlannedStep) -> Progress {
         Ok(output) => {
             record_step(run, StepUpdate { output, ..update });
             Progress::Continue
+        }
+        Err(failure) if failure.cancelled => {
+            record::attempt_error(run.id, &step.id, step.attempts, &failure);
+            cancel_now(run)
         }
         Err(failure) => {
             record::attempt_error(run.id, &step.id, step.attempts, &failure);

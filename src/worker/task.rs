@@ -37,8 +37,10 @@ fn load(claimed: &Claimed) -> Option<Task> {
             client,
             "SELECT coalesce(s.name, q.step_id), q.sql, q.args::text, coalesce(s.attempts, 0),
                     f.id IS NOT NULL, coalesce(f.paused, false), coalesce(f.max_attempts, 1),
-                    coalesce(f.backoff::text, '{}'), (extract(epoch FROM f.max_runtime) * 1000)::int8, f.owner::oid
+                    coalesce(f.backoff::text, '{}'), (extract(epoch FROM f.max_runtime) * 1000)::int8, f.owner::oid,
+                    coalesce(r.from_system_event, false)
              FROM jobs.queue q
+             LEFT JOIN jobs.runs r ON r.id = q.run_id
              LEFT JOIN jobs.steps s ON s.run_id = q.run_id AND s.id = q.step_id
              LEFT JOIN jobs.functions f ON f.id = q.function_id
              WHERE q.run_id = $1 AND q.step_id = $2",
@@ -66,7 +68,11 @@ fn load(claimed: &Claimed) -> Option<Task> {
             function_exists: row.get(5).ok().flatten().expect("exists"),
             paused: row.get(6).ok().flatten().expect("paused"),
             policy: Policy::new(max_attempts, &backoff),
-            user: UserContext::new(row.get(10).ok().flatten(), max_runtime),
+            user: UserContext::new(
+                row.get(10).ok().flatten(),
+                max_runtime,
+                row.get(11).ok().flatten().unwrap_or(false),
+            ),
         })
     })
 }
@@ -117,7 +123,8 @@ pub fn execute(claimed: &Claimed) {
         }
         Err(failure) => {
             record::attempt_error(run, step, task.attempts, &failure);
-            if task.policy.is_final(task.attempts, &failure) {
+            // Interrupted by jobs.cancel_run: the run ends cancelled when it resumes.
+            if failure.cancelled || task.policy.is_final(task.attempts, &failure) {
                 record::step(&StepUpdate {
                     status: "failed",
                     failure: Some(&failure),
