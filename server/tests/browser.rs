@@ -170,7 +170,8 @@ where
 
 async fn attr(browser: &Browser, css: &str, name: &str) -> Option<String> {
     match browser.find(Locator::Css(css)).await {
-        Ok(element) => element.attr(name).await.unwrap(),
+        // The live region may have been replaced since it was found.
+        Ok(element) => element.attr(name).await.ok().flatten(),
         Err(_) => None,
     }
 }
@@ -219,6 +220,24 @@ async fn submit(browser: &Browser, css: &str) {
         .unwrap();
 }
 
+/// The URL once the browser has navigated to a path starting with `prefix`
+/// (a click may return before the navigation it started has finished).
+async fn wait_for_path(browser: &Browser, prefix: &str) -> url::Url {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let url = browser.current_url().await.unwrap();
+        if url.path().starts_with(prefix) {
+            return url;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still at {url}, not {prefix}…: {}",
+            browser.source().await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn run_id_from(url: &url::Url) -> String {
     url.path().strip_prefix("/runs/").unwrap().to_string()
 }
@@ -262,12 +281,11 @@ fn send_an_event_from_the_form_and_watch_its_run_complete() {
         type_into(&browser, "#event-name", "browser/slow").await;
         type_into(&browser, "#event-data", r#"{"name": "Grace"}"#).await;
         submit(&browser, "form.stacked button[type=submit]").await;
-        let event_url = browser.current_url().await.unwrap();
-        assert!(event_url.path().starts_with("/events/"), "{event_url}");
+        wait_for_path(&browser, "/events/").await;
 
         // The run the event started is listed; open it.
         submit(&browser, "a.run").await;
-        let run_id = run_id_from(&browser.current_url().await.unwrap());
+        let run_id = run_id_from(&wait_for_path(&browser, "/runs/").await);
         js(&browser, "window.__samePage = true").await;
         let first = attr(&browser, "dl.facts", "data-status").await.unwrap();
         assert_ne!(
@@ -443,12 +461,7 @@ fn hostile_event_names_and_data_show_as_text() {
         type_into(&browser, "#event-name", name).await;
         type_into(&browser, "#event-data", data).await;
         submit(&browser, "form.stacked button[type=submit]").await;
-        assert!(browser
-            .current_url()
-            .await
-            .unwrap()
-            .path()
-            .starts_with("/events/"));
+        wait_for_path(&browser, "/events/").await;
         clean(browser.clone()).await;
         let shown = browser
             .find(Locator::Css("h1 code.event-name"))
