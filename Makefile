@@ -4,7 +4,7 @@ PG_CONFIG ?= /usr/lib/postgresql/$(PG_MAJOR)/bin/pg_config
 PGRX_TEST_DATA ?= /tmp/pg_jobs-pgrx-test
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup build install demo demo-stop test unit-test pg-test e2e-test lint
+.PHONY: setup build install server demo demo-stop test unit-test pg-test e2e-test server-test lint
 
 setup:
 	@scripts/setup.sh
@@ -12,14 +12,19 @@ setup:
 install: setup
 	$(SUDO) env "PATH=$$PATH" cargo pgrx install --release --pg-config $(PG_CONFIG)
 
-demo: install
+# The dashboard server, `pg-jobs serve` (target/release/pg-jobs).
+server: setup
+	cargo build --release -p pg_jobs_server
+
+demo: install server
 	@scripts/demo.sh
 
 demo-stop:
-	@scripts/cluster.sh stop demo
+	@scripts/demo.sh stop
 
-# Pure logic, then the SQL API in one backend, then end-to-end scenarios on real clusters.
-test: setup unit-test pg-test e2e-test
+# Pure logic, then the SQL API in one backend, then end-to-end scenarios on
+# real clusters, then the dashboard's handlers and its pages in Chromium.
+test: setup unit-test pg-test e2e-test server-test
 
 unit-test:
 	cargo test --lib
@@ -31,6 +36,9 @@ pg-test:
 # `cargo pgrx test` installs its own test build; install the real one first.
 e2e-test: install
 	cargo test -p pg_jobs_e2e
+
+server-test: install
+	cargo test -p pg_jobs_server
 
 lint: setup
 	cargo fmt --all -- --check

@@ -2,6 +2,7 @@
 # A throwaway PostgreSQL cluster with pg_jobs preloaded, for the demo and the benchmarks.
 #   scripts/cluster.sh start NAME PORT [setting ...]   initdb (fresh) and start
 #   scripts/cluster.sh stop NAME
+#   scripts/cluster.sh dir NAME                        print the directory it lives in
 # Data, socket and log live in target/NAME (or /tmp/pg_jobs-NAME when the
 # postgres user cannot reach target/). Servers run as the postgres OS user when
 # invoked as root, since PostgreSQL refuses to run as root.
@@ -27,7 +28,7 @@ cluster_dir() {
     echo "$dir"
 }
 
-command=${1:?usage: cluster.sh start|stop NAME [PORT setting...]}
+command=${1:?usage: cluster.sh start|stop|dir NAME [PORT setting...]}
 name=${2:?cluster name}
 dir=$(cluster_dir "$name")
 
@@ -59,8 +60,11 @@ stop)
         as_server_user "$BIN/pg_ctl" -D "$dir/data" stop -m fast -w >/dev/null
     fi
     ;;
+dir)
+    echo "$dir"
+    ;;
 *)
-    echo "usage: cluster.sh start|stop NAME [PORT setting...]" >&2
+    echo "usage: cluster.sh start|stop|dir NAME [PORT setting...]" >&2
     exit 2
     ;;
 esac

@@ -1,12 +1,37 @@
 #!/usr/bin/env bash
 # The demo: a throwaway cluster with pg_jobs preloaded runs some of the
-# guide's examples and prints the run history. `make demo` builds and
-# installs pg_jobs first.
+# guide's examples and prints the run history, then the dashboard
+# (`pg-jobs serve`) starts against it. `make demo` builds and installs pg_jobs
+# and the server first.
+#   scripts/demo.sh          start (again, from scratch)
+#   scripts/demo.sh stop     stop the dashboard and the cluster
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PORT=${DEMO_PORT:-54329}
+LISTEN=${DEMO_LISTEN:-127.0.0.1:8288}
 EXAMPLES=(hello user_onboarding parallel_processing payment_flow email_queue data_sync)
+
+stop_server() {
+    local pid_file="$1/pg-jobs.pid"
+    [ -f "$pid_file" ] || return 0
+    local pid
+    pid=$(cat "$pid_file")
+    # Only the process this script started: its pid may have been reused since.
+    if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "pg-jobs serve"; then
+        kill "$pid"
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    rm -f "$pid_file"
+}
+
+if [ "${1:-}" = stop ]; then
+    stop_server "$("$ROOT/scripts/cluster.sh" dir demo)"
+    "$ROOT/scripts/cluster.sh" stop demo
+    exit 0
+fi
+
+stop_server "$("$ROOT/scripts/cluster.sh" dir demo)"
 dir=$("$ROOT/scripts/cluster.sh" start demo "$PORT" "jobs.database = 'postgres'")
 psql=(psql -X -q -h "$dir" -p "$PORT" -U postgres -d postgres -v ON_ERROR_STOP=1)
 
@@ -36,9 +61,26 @@ echo "== their steps, from jobs.steps (each run's timeline)"
            coalesce(left(s.output::text, 40), s.error->>'message') AS output_or_error
     FROM jobs.steps s JOIN jobs.runs r ON r.id = s.run_id
     ORDER BY r.created_at, s.started_at"
+
+# The dashboard, as the superuser that ran the examples: it sees every function.
+nohup "$ROOT/target/release/pg-jobs" serve --listen "$LISTEN" \
+    --database-url "postgresql://postgres@127.0.0.1:$PORT/postgres" >"$dir/pg-jobs.log" 2>&1 &
+echo $! >"$dir/pg-jobs.pid"
+for _ in $(seq 1 100); do
+    grep -q "dashboard on" "$dir/pg-jobs.log" && break
+    if ! kill -0 "$(cat "$dir/pg-jobs.pid")" 2>/dev/null; then
+        cat "$dir/pg-jobs.log" >&2
+        echo "demo: the dashboard did not start (is $LISTEN in use? set DEMO_LISTEN)" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+url=$(grep -o 'http://[^ ]*' "$dir/pg-jobs.log" | head -1)
+
 cat <<EOT
-The demo cluster is still running; the other examples are in examples/.
-  connect:  psql -h $dir -p $PORT -U postgres
-  stop:     make demo-stop
+The demo cluster and its dashboard are still running; the other examples are in examples/.
+  dashboard: $url   (log: $dir/pg-jobs.log)
+  connect:   psql -h $dir -p $PORT -U postgres
+  stop:      make demo-stop
 EOT
 [ "$("${psql[@]}" -Atc "SELECT status FROM jobs.runs WHERE function_id = 'hello-world'")" = completed ]

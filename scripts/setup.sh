@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing pg_jobs needs, skipping what is present:
-# Debian packages, cargo-pgrx 0.18.0, and `cargo pgrx init` against the system PostgreSQL.
+# Debian packages (Chromium and its WebDriver for the dashboard's browser
+# tests among them), cargo-pgrx 0.18.0, and `cargo pgrx init` against the
+# system PostgreSQL.
 set -euo pipefail
 
 PG_MAJOR=${PG_MAJOR:-15}
@@ -12,7 +14,8 @@ as_root() {
 }
 
 missing=()
-for package in "postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" libclang-dev clang sudo pkg-config; do
+for package in "postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" libclang-dev clang sudo pkg-config \
+    chromium chromium-driver curl; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then

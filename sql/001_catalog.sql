@@ -96,7 +96,10 @@ CREATE TABLE jobs.runs (
     -- that such events cannot start each other in a loop.
     from_system_event boolean NOT NULL DEFAULT false
 );
-CREATE INDEX runs_function_id_created_at ON jobs.runs (function_id, created_at);
+-- Runs by function, newest first (the dashboard's runs list, replays and
+-- bulk cancels): by id, which is UUIDv7 and so in creation order. No index
+-- has status or ended_at: finishing a run must stay a HOT update.
+CREATE INDEX runs_function_id_id ON jobs.runs (function_id, id);
 CREATE INDEX runs_event_id ON jobs.runs (event_id);
 
 -- Steps of each run, in the order they started: the run's timeline.

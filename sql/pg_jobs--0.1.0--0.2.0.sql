@@ -292,3 +292,8 @@ CREATE POLICY owner_only ON jobs.cron_fires USING (EXISTS (
     SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
 -- Throttle keys name no function row: only superusers read them.
 ALTER TABLE jobs.throttles ENABLE ROW LEVEL SECURITY;
+
+-- Runs by function, newest first (the dashboard's runs list, replays and
+-- bulk cancels): by id, which is UUIDv7 and so in creation order.
+DROP INDEX jobs.runs_function_id_created_at;
+CREATE INDEX runs_function_id_id ON jobs.runs (function_id, id);
