@@ -16,6 +16,8 @@ GRANT EXECUTE ON FUNCTION
     jobs.invoke(text, text, jsonb, interval), jobs._invoke(text, text, jsonb, interval),
     jobs.non_retriable(text), jobs.retry_after(text, interval)
 TO PUBLIC;
+-- Arithmetic on ids, which jobs.function_stats uses.
+GRANT EXECUTE ON FUNCTION jobs._first_id_at(timestamptz) TO PUBLIC;
 -- Like pg_stat_activity, the workers' pids and current runs are no secret.
 GRANT EXECUTE ON FUNCTION jobs._workers() TO PUBLIC;
 GRANT SELECT ON jobs.workers TO PUBLIC;
@@ -83,6 +85,12 @@ CREATE POLICY owner_only ON jobs.idempotency_keys USING (EXISTS (
 ALTER TABLE jobs.cron_fires ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner_only ON jobs.cron_fires USING (EXISTS (
     SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+ALTER TABLE jobs.replay_requests ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.replay_requests USING (EXISTS (
+    SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+ALTER TABLE jobs.replay_items ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.replay_items USING (EXISTS (
+    SELECT 1 FROM jobs.replay_requests q WHERE q.id = replay_id));
 -- Throttle keys name no function row: only superusers read them.
 ALTER TABLE jobs.throttles ENABLE ROW LEVEL SECURITY;
 

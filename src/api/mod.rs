@@ -5,6 +5,7 @@ pub mod explain;
 pub mod expressions;
 pub mod flow;
 pub mod functions;
+pub mod operations;
 pub mod schemas;
 pub mod steps;
 pub mod types;

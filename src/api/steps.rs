@@ -83,10 +83,10 @@ fn planned(
     let done = replay.memo(&id).and_then(envelope);
     let step = PlannedStep {
         attempts: replay.attempts(&id),
+        args: replay.args_for(&id, args),
         id,
         name: name.to_string(),
         sql: sql.to_string(),
-        args,
     };
     (step, done)
 }
