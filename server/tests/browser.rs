@@ -390,6 +390,77 @@ fn run_page_draws_one_bar_per_step_in_order() {
 }
 
 #[test]
+fn rerun_a_run_from_its_last_step() {
+    let run_id: String = db(|c| {
+        let event: String = c
+            .query_one(
+                "SELECT jobs.send('shop/order.placed', '{\"order\": \"A-2002\"}')::text",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        let run: String = c
+            .query_one(
+                "SELECT id::text FROM jobs.runs WHERE event_id = $1::text::uuid",
+                &[&event],
+            )
+            .unwrap()
+            .get(0);
+        wait_until("the checkout completes", Duration::from_secs(60), || {
+            count(
+                c,
+                &format!(
+                    "SELECT count(*) FROM jobs.runs WHERE id = '{run}' AND status = 'completed'"
+                ),
+            ) == 1
+        });
+        run
+    });
+    with_browser(move |browser, server| async move {
+        browser
+            .goto(&format!("{}/runs/{run_id}", server.url))
+            .await
+            .unwrap();
+        wait_for_status(&browser, "completed").await;
+        let step = "details.step-detail[data-step=\"send-receipt\"]";
+        submit(&browser, &format!("{step} summary")).await;
+        submit(&browser, &format!("{step} button[type=submit]")).await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let new_run = loop {
+            let url = wait_for_path(&browser, "/runs/").await;
+            let shown = run_id_from(&url);
+            if shown != run_id {
+                break shown;
+            }
+            assert!(Instant::now() < deadline, "still on the original run");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        wait_for_status(&browser, "completed").await;
+        let steps = attrs(&browser, ".timeline .step", "data-step").await;
+        assert_eq!(
+            steps,
+            [
+                "load-order",
+                "charge-card",
+                "wait-for-settlement",
+                "send-receipt"
+            ]
+        );
+        let (of, from_step): (Option<String>, Option<String>) = db(|c| {
+            let row = c
+                .query_one(
+                    "SELECT rerun_of::text, rerun_step FROM jobs.runs WHERE id = $1::text::uuid",
+                    &[&new_run],
+                )
+                .unwrap();
+            (row.get(0), row.get(1))
+        });
+        assert_eq!(of.as_deref(), Some(run_id.as_str()));
+        assert_eq!(from_step.as_deref(), Some("send-receipt"));
+    });
+}
+
+#[test]
 fn cancel_a_sleeping_run_from_its_page() {
     with_browser(|browser, server| async move {
         let run_id: String = db(|c| {

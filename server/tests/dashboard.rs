@@ -449,11 +449,16 @@ fn workers_and_unknown_ids() {
 }
 
 #[test]
-fn rerun_buttons_only_where_jobs_rerun_exists() {
+fn rerun_and_rerun_from_a_step() {
     let cluster = cluster();
     let mut c = cluster.connect();
     c.batch_execute(
-        "SELECT jobs.create_function('rerun-me', 'echo(jsonb)', '{\"event\": \"rerun/x\"}');
+        "CREATE FUNCTION two_steps(ctx jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+         BEGIN
+             PERFORM jobs.step('first', 'SELECT 1');
+             RETURN jobs.step('second', 'SELECT $1', ctx->'event'->'data');
+         END $$;
+         SELECT jobs.create_function('rerun-me', 'two_steps(jsonb)', '{\"event\": \"rerun/x\"}');
          SELECT jobs.send('rerun/x', '{\"v\": 1}');",
     )
     .unwrap();
@@ -466,20 +471,47 @@ fn rerun_buttons_only_where_jobs_rerun_exists() {
         .unwrap()
         .get(0);
     let server = Server::start(cluster, "postgres");
-    let has_rerun = count(
-        &mut c,
-        "SELECT count(*) FROM pg_proc WHERE proname = 'rerun' AND pronamespace = 'jobs'::regnamespace",
-    ) > 0;
     let page = server.get(&format!("/runs/{run_id}"));
-    assert_eq!(page.body.contains(">Rerun<"), has_rerun);
-    if has_rerun {
-        let token = server.csrf();
-        let rerun = server.post(&format!("/runs/{run_id}/rerun"), &[("csrf", &token)]);
-        assert_eq!(rerun.status, 303, "{}", rerun.body);
-        assert_ne!(
-            rerun.location.as_deref(),
-            Some(format!("/runs/{run_id}").as_str())
-        );
-        wait_for_runs(&mut c, "rerun-me", 2);
-    }
+    assert!(page.body.contains(">Rerun<"), "{}", page.body);
+    assert_eq!(page.body.matches(">Rerun from this step<").count(), 2);
+    let token = server.csrf();
+    let rerun = server.post(&format!("/runs/{run_id}/rerun"), &[("csrf", &token)]);
+    assert_eq!(rerun.status, 303, "{}", rerun.body);
+    let from_step = server.post(
+        &format!("/runs/{run_id}/rerun"),
+        &[("csrf", &token), ("from_step", "second")],
+    );
+    assert_eq!(from_step.status, 303, "{}", from_step.body);
+    let new_run = from_step
+        .location
+        .as_deref()
+        .and_then(|l| l.strip_prefix("/runs/"))
+        .expect("redirected to the new run")
+        .to_string();
+    assert_ne!(new_run, run_id);
+    wait_for_runs(&mut c, "rerun-me", 3);
+    let row = c
+        .query_one(
+            "SELECT rerun_of::text, rerun_step, (SELECT count(*) FROM jobs.steps WHERE run_id = r.id AND id = 'first')
+             FROM jobs.runs r WHERE id = $1::text::uuid",
+            &[&new_run],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, Option<String>>(0), Some(run_id));
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("second"));
+    assert_eq!(
+        row.get::<_, i64>(2),
+        1,
+        "the first step was copied, not run again"
+    );
+    // Without the token, nothing is rerun.
+    assert_eq!(
+        server
+            .post(
+                &format!("/runs/{new_run}/rerun"),
+                &[("from_step", "second")]
+            )
+            .status,
+        403
+    );
 }

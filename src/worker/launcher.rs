@@ -323,8 +323,22 @@ pub extern "C-unwind" fn pg_jobs_launcher_main(_arg: pg_sys::Datum) {
     let mut said_version = String::new();
     let mut shortfall = (0, 0);
     let mut retention = super::retention::Retention::new();
+    let mut next_round = Instant::now();
     loop {
         handle_interrupts();
+        // Between rounds, the launcher only removes history (its batches
+        // come every few milliseconds while a backlog lasts).
+        if running && Instant::now() < next_round {
+            let next_batch = retention.tick();
+            if wait(
+                next_round
+                    .min(next_batch)
+                    .saturating_duration_since(Instant::now()),
+            ) {
+                next_round = Instant::now();
+            }
+            continue;
+        }
         shared().launcher_beat();
         let version = in_transaction(installed_version).unwrap_or_default();
         let installed = version == env!("CARGO_PKG_VERSION");
@@ -403,13 +417,12 @@ pub extern "C-unwind" fn pg_jobs_launcher_main(_arg: pg_sys::Datum) {
             if in_transaction(|| super::replays::pump(max_in_flight)) == Some(true) {
                 timeout = timeout.min(REPLAY_TICK);
             }
-            let next_retention = retention.tick();
-            timeout = timeout.min(next_retention.saturating_duration_since(Instant::now()));
         }
-        // Executors starting or stopping set this latch (bgw_notify_pid); the
-        // timeout is the next schedule, or bounds how soon a CREATE EXTENSION
-        // or a new schedule is noticed.
-        wait(timeout);
+        // Executors starting or stopping set this latch (bgw_notify_pid): a
+        // round starts at once. Otherwise the next round is at the next
+        // schedule, or soon enough to notice a CREATE EXTENSION or a new
+        // schedule.
+        next_round = Instant::now() + timeout;
     }
 }
 

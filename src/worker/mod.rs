@@ -124,15 +124,17 @@ fn handle_interrupts() {
 
 /// Sleeps until the latch is set or `timeout` passes; exits if the postmaster dies.
 /// Callers reset the latch before they look for work, never after.
-fn wait(timeout: Duration) {
-    unsafe {
+/// Waits for the latch or the timeout; returns whether the latch was set.
+fn wait(timeout: Duration) -> bool {
+    let events = unsafe {
         pg_sys::WaitLatch(
             pg_sys::MyLatch,
             (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
             timeout.as_millis().clamp(1, i32::MAX as u128) as i64,
             pg_sys::PG_WAIT_EXTENSION,
-        );
-    }
+        )
+    };
+    events & pg_sys::WL_LATCH_SET as i32 != 0
 }
 
 thread_local! {

@@ -22,6 +22,9 @@ pub struct Retention {
     next_batch: Instant,
     next_pass: Instant,
     pass_started: Instant,
+    /// `jobs.retention` when the pass was planned: a reload that changes it
+    /// starts a new pass under the new value.
+    planned_with: i32,
 }
 
 impl Retention {
@@ -33,12 +36,18 @@ impl Retention {
             next_batch: now,
             next_pass: now,
             pass_started: now,
+            planned_with: gucs::RETENTION_S.get(),
         }
     }
 
     /// Runs the batch that is due, if one is; returns when to be called again.
     pub fn tick(&mut self) -> Instant {
         let now = Instant::now();
+        if gucs::RETENTION_S.get() != self.planned_with {
+            self.planned_with = gucs::RETENTION_S.get();
+            self.scans.clear();
+            self.next_pass = now;
+        }
         if self.scans.is_empty() {
             if now < self.next_pass {
                 return self.next_pass;
