@@ -550,6 +550,11 @@ fn update_from_0_1_0_keeps_every_run_and_gives_a_fresh_catalog() {
     );
     c.batch_execute("COMMIT").unwrap();
     cluster.wait_for_executors(2);
+    assert!(
+        cluster.log()[log_before..].contains(&format!("is version {current} now; starting")),
+        "{}",
+        cluster.log()
+    );
 
     // The runs go on.
     for function_id in ["upgrade-short-sleep", "upgrade-queued"] {
