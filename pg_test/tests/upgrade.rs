@@ -358,9 +358,8 @@ fn make_runs(cluster: &Cluster) {
 /// has only `CREATE EXTENSION` for them; `--binary-upgrade` (pg_upgrade's
 /// mode) writes each member object, in a deterministic order. Left out, as
 /// what must differ between two databases: the oids it assigns (lines
-/// `binary_upgrade_set_next_…`, and the config tables' oids in
-/// `binary_upgrade_create_empty_extension`, which name the same tables in
-/// both), each table's relfrozenxid, pg_dump's random `\restrict` keys, and
+/// `binary_upgrade_set_next_…`; the config tables' oids in
+/// `binary_upgrade_create_empty_extension` become their names), each table's relfrozenxid, pg_dump's random `\restrict` keys, and
 /// `binary_upgrade_set_missing_value`: the value that a column added with a
 /// default has in the rows that existed before (a storage detail of ADD
 /// COLUMN on a table with rows, invisible to queries). Column order is not
@@ -384,7 +383,17 @@ fn schema_dump(cluster: &Cluster, database: &str) -> String {
         "pg_dump {database}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let dump = normalise_dump(&String::from_utf8(out.stdout).unwrap());
+    let relations: Vec<(String, String)> = cluster
+        .connect_as("postgres", database)
+        .query(
+            "SELECT oid::text, oid::regclass::text FROM pg_class WHERE relnamespace = 'jobs'::regnamespace",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let dump = normalise_dump(&String::from_utf8(out.stdout).unwrap(), &relations);
     std::fs::write(
         cluster.data_dir.join(format!("{database}.schema.sql")),
         &dump,
@@ -393,7 +402,7 @@ fn schema_dump(cluster: &Cluster, database: &str) -> String {
     dump
 }
 
-fn normalise_dump(dump: &str) -> String {
+fn normalise_dump(dump: &str, relations: &[(String, String)]) -> String {
     let mut lines: Vec<String> = Vec::new();
     let mut in_relfrozenxid = false;
     for line in dump.lines() {
@@ -414,7 +423,7 @@ fn normalise_dump(dump: &str) -> String {
             continue;
         }
         if line.contains("binary_upgrade_create_empty_extension") {
-            lines.push(strip_oids(line));
+            lines.push(name_oids(line, relations));
         } else {
             lines.push(line.to_string());
         }
@@ -422,25 +431,26 @@ fn normalise_dump(dump: &str) -> String {
     lines.join("\n")
 }
 
-fn strip_oids(line: &str) -> String {
+/// The oids in `line` replaced by the names of the relations they are
+/// (in `database`), so that the config tables' list compares across databases.
+fn name_oids(line: &str, relations: &[(String, String)]) -> String {
     let mut out = String::new();
-    let mut chars = line.chars().peekable();
-    let mut in_braces = false;
-    while let Some(ch) = chars.next() {
-        match ch {
-            '{' => in_braces = true,
-            '}' => in_braces = false,
-            _ => {}
+    let mut digits = String::new();
+    for ch in line.chars().chain(std::iter::once(' ')) {
+        if ch.is_ascii_digit() {
+            digits.push(ch);
+            continue;
         }
-        if in_braces && ch.is_ascii_digit() {
-            while chars.peek().is_some_and(char::is_ascii_digit) {
-                chars.next();
+        if !digits.is_empty() {
+            match relations.iter().find(|(oid, _)| *oid == digits) {
+                Some((_, name)) => out.push_str(name),
+                None => out.push_str(&digits),
             }
-            out.push('N');
-        } else {
-            out.push(ch);
+            digits.clear();
         }
+        out.push(ch);
     }
+    out.pop();
     out
 }
 
