@@ -4,13 +4,18 @@ PG_CONFIG ?= /usr/lib/postgresql/$(PG_MAJOR)/bin/pg_config
 PGRX_TEST_DATA ?= /tmp/pg_jobs-pgrx-test
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup build install server demo demo-stop test unit-test pg-test e2e-test server-test lint
+.PHONY: setup build install released server demo demo-stop test unit-test pg-test e2e-test server-test lint
 
 setup:
 	@scripts/setup.sh
 
 install: setup
 	$(SUDO) env "PATH=$$PATH" cargo pgrx install --release --pg-config $(PG_CONFIG)
+
+# The package of the released 0.1.0, for the upgrade test (built once, into
+# target/released/; after `install`, whose compiled dependencies it reuses).
+released: setup
+	scripts/released.sh 0.1.0 >/dev/null
 
 # The dashboard server, `pg-jobs serve` (target/release/pg-jobs).
 server: setup
@@ -34,7 +39,7 @@ pg-test:
 	cargo pgrx test pg$(PG_MAJOR) --runas postgres --pgdata $(PGRX_TEST_DATA)/data
 
 # `cargo pgrx test` installs its own test build; install the real one first.
-e2e-test: install
+e2e-test: install released
 	cargo test -p pg_jobs_e2e
 
 server-test: install

@@ -19,18 +19,25 @@ UPDATE jobs.functions f SET cancel_on = (
 WHERE cancel_on IS NOT NULL;
 
 -- The waits that runs are in hold the SQL/JSON path 0.1.0 translated their
--- condition to; its grammar was pg_jobs' own: roots `$.event`/`$.async`,
--- fields `."name"`, indexes `[n]`, JSON strings, and the operators CEL has.
+-- condition to, as PostgreSQL prints it: roots `$."event"`/`$."async"`, keys
+-- `."name"`, indexes `[n]`, JSON strings, and operators CEL has. Quoted
+-- pieces are keys after a dot (a bare name when CEL allows one) and string
+-- literals otherwise; the dot or root before a key goes.
 CREATE FUNCTION jobs._cel_of_jsonpath(path text) RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT string_agg(
-        CASE WHEN piece LIKE '"%' THEN
-                 CASE WHEN lag(piece) OVER w LIKE '%.' THEN '[' || piece || ']' ELSE piece END
-             ELSE regexp_replace(replace(piece, '$.', ''),
-                                 CASE WHEN lead(piece) OVER w LIKE '"%' THEN '\.$' ELSE '^$' END, '')
+        CASE WHEN piece NOT LIKE '"%' THEN
+                 CASE WHEN next LIKE '"%' THEN regexp_replace(piece, '\$?\.$', '') ELSE piece END
+             WHEN prev LIKE '%$.' THEN piece::json #>> '{}'
+             WHEN prev NOT LIKE '%.' THEN piece
+             WHEN piece::json #>> '{}' ~ '^[A-Za-z_][A-Za-z0-9_]*$'
+                  AND piece::json #>> '{}' NOT IN ('true', 'false', 'null', 'in', 'as', 'break', 'const',
+                      'continue', 'else', 'for', 'function', 'if', 'import', 'let', 'loop', 'package',
+                      'namespace', 'return', 'var', 'void', 'while') THEN '.' || (piece::json #>> '{}')
+             ELSE '[' || piece || ']'
         END, '' ORDER BY n)
-    FROM regexp_matches(path, '("(?:[^"\\]|\\.)*"|[^"]+)', 'g') WITH ORDINALITY AS m (parts, n)
-    CROSS JOIN LATERAL (SELECT m.parts[1] AS piece) p
-    WINDOW w AS (ORDER BY n)
+    FROM (SELECT m.parts[1] AS piece, n,
+                 lag(m.parts[1]) OVER (ORDER BY n) AS prev, lead(m.parts[1]) OVER (ORDER BY n) AS next
+          FROM regexp_matches(path, '("(?:[^"\\]|\\.)*"|[^"]+)', 'g') WITH ORDINALITY AS m (parts, n)) pieces
 $$;
 ALTER TABLE jobs.waits ALTER COLUMN condition TYPE text USING jobs._cel_of_jsonpath(condition::text);
 DROP FUNCTION jobs._cel_of_jsonpath(text);

@@ -69,7 +69,8 @@ fn pg_ctl(bin_dir: &Path, data_dir: &Path, args: &[&str]) -> std::process::Outpu
         .expect("running pg_ctl")
 }
 
-fn bin_dir() -> PathBuf {
+/// The bin directory of the PostgreSQL that `PG_CONFIG` names (default: 15's).
+pub fn bin_dir() -> PathBuf {
     let pg_config = std::env::var("PG_CONFIG")
         .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into());
     let out = Command::new(&pg_config)
@@ -87,14 +88,20 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn clusters_dir() -> PathBuf {
+/// Where test clusters (and other files the `postgres` OS user reads) go.
+pub fn clusters_dir() -> PathBuf {
     std::env::temp_dir().join("pg_jobs-e2e")
 }
 
 impl Cluster {
     /// Initializes and starts a cluster. `settings` go to postgresql.conf.
     pub fn start(name: &str, settings: &[&str]) -> Cluster {
-        let bin_dir = bin_dir();
+        Cluster::start_in(bin_dir(), name, settings)
+    }
+
+    /// Like `start`, with the server programs of `bin_dir` (another
+    /// installation of the same PostgreSQL, with its own libraries).
+    pub fn start_in(bin_dir: PathBuf, name: &str, settings: &[&str]) -> Cluster {
         let data_dir = clusters_dir().join(name);
         if data_dir.join("postmaster.pid").exists() {
             let _ = pg_ctl(&bin_dir, &data_dir, &["stop", "-m", "immediate", "-w"]);
@@ -192,6 +199,16 @@ impl Cluster {
             "pg_ctl start failed: {}\n{}",
             String::from_utf8_lossy(&out.stderr),
             self.log()
+        );
+    }
+
+    /// A clean shutdown (`-m fast`), as a service manager's stop.
+    pub fn stop(&self) {
+        let out = pg_ctl(&self.bin_dir, &self.data_dir, &["stop", "-m", "fast", "-w"]);
+        assert!(
+            out.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 

@@ -342,11 +342,19 @@ pub extern "C-unwind" fn pg_jobs_launcher_main(_arg: pg_sys::Datum) {
         shared().launcher_beat();
         let version = in_transaction(installed_version).unwrap_or_default();
         let installed = version == env!("CARGO_PKG_VERSION");
-        if !version.is_empty() && !installed && said_version != version {
-            warning!(
-                "pg_jobs: the library is version {}, the extension installed in \"{database}\" is {version}; nothing runs until ALTER EXTENSION pg_jobs UPDATE",
-                env!("CARGO_PKG_VERSION")
-            );
+        // After new binaries and a restart, the catalog is the old version's
+        // until ALTER EXTENSION pg_jobs UPDATE: nothing may run against it
+        // (the SQL functions it declares are the old version's). Said once,
+        // at LOG level: an operator's step not done yet, not an error.
+        if !version.is_empty() && said_version != version {
+            if !installed {
+                log!(
+                    "pg_jobs: the library is version {}, the extension installed in \"{database}\" is {version}; nothing runs until ALTER EXTENSION pg_jobs UPDATE",
+                    env!("CARGO_PKG_VERSION")
+                );
+            } else if !said_version.is_empty() {
+                log!("pg_jobs: the extension in \"{database}\" is version {version} now; starting");
+            }
         }
         said_version = version;
         if installed && !running {
