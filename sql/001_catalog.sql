@@ -29,7 +29,12 @@ CREATE TABLE jobs.functions (
     -- "invokers"; '-', role 0, stands for PUBLIC).
     invokers    regrole[] NOT NULL DEFAULT '{}',
     -- Flow control (concurrency, throttle, ...), checked: see src/flow/mod.rs.
-    flow        jsonb
+    flow        jsonb,
+    -- How long its finished runs are kept (config key "retention"; NULL: the
+    -- jobs.retention setting), and whether completed ones are kept at all
+    -- (config key "keep": 'failures' removes them once they finish).
+    retention   interval,
+    keep        text NOT NULL DEFAULT 'all' CHECK (keep IN ('all', 'failures'))
 );
 
 -- Event triggers of each function: an exact name, or the prefix of a wildcard
@@ -94,7 +99,14 @@ CREATE TABLE jobs.runs (
     -- Started, directly or through jobs.invoke and events its code sent, by a
     -- jobs/function.* event: its own end sends no jobs/function.* event, so
     -- that such events cannot start each other in a loop.
-    from_system_event boolean NOT NULL DEFAULT false
+    from_system_event boolean NOT NULL DEFAULT false,
+    -- For a run started by jobs.rerun or jobs.replay: the run it repeats, the
+    -- step it restarts at (the steps before it were copied as done), the args
+    -- that replace that step's, and the replay that started it.
+    rerun_of    uuid,
+    rerun_step  text,
+    rerun_input jsonb,
+    replay_id   uuid
 );
 -- Runs by function, newest first (the dashboard's runs list, replays and
 -- bulk cancels): by id, which is UUIDv7 and so in creation order. No index
@@ -349,3 +361,45 @@ CREATE TABLE jobs.skips (
     PRIMARY KEY (event_id, function_id)
 );
 CREATE INDEX skips_function_id_at ON jobs.skips (function_id, at);
+
+-- Replays (jobs.replay): what each one repeats, in order, and how far it got.
+-- The launcher starts the items a few at a time (README, "Operations").
+CREATE TABLE jobs.replay_requests (
+    id          uuid PRIMARY KEY,
+    function_id text NOT NULL,
+    window_from timestamptz NOT NULL,
+    window_to   timestamptz NOT NULL,
+    statuses    text[] NOT NULL,
+    created_by  regrole NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    total       bigint NOT NULL,
+    started     bigint NOT NULL DEFAULT 0,
+    finished    bigint NOT NULL DEFAULT 0,
+    cancelled_at timestamptz,
+    ended_at    timestamptz
+);
+CREATE INDEX replay_requests_active ON jobs.replay_requests (created_at) WHERE ended_at IS NULL;
+-- One row per run to repeat (source_run_id) or skipped event to run at last
+-- (event_id); run_id is the run started for it.
+CREATE TABLE jobs.replay_items (
+    replay_id   uuid NOT NULL,
+    position    bigint NOT NULL,
+    source_run_id uuid,
+    event_id    uuid,
+    run_id      uuid,
+    done        boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (replay_id, position)
+);
+CREATE INDEX replay_items_pending ON jobs.replay_items (replay_id, position) WHERE run_id IS NULL;
+CREATE INDEX replay_items_in_flight ON jobs.replay_items (replay_id) WHERE run_id IS NOT NULL AND NOT done;
+-- What retention must keep while a replay still needs it.
+CREATE INDEX replay_items_source_run_id ON jobs.replay_items (source_run_id) WHERE run_id IS NULL;
+CREATE INDEX replay_items_event_id ON jobs.replay_items (event_id) WHERE run_id IS NULL;
+
+CREATE VIEW jobs.replays WITH (security_invoker = true) AS
+SELECT id, function_id, window_from, window_to, statuses, created_by, created_at,
+       total, started, finished,
+       CASE WHEN cancelled_at IS NOT NULL THEN 'cancelled'
+            WHEN ended_at IS NOT NULL THEN 'finished' ELSE 'running' END AS status,
+       cancelled_at, ended_at
+FROM jobs.replay_requests;

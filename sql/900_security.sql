@@ -23,6 +23,8 @@ TO PUBLIC;
 GRANT EXECUTE ON FUNCTION jobs._fetch(text, jsonb),
     jobs._fetch_spec(text, text, jsonb, jsonb, interval, int[])
 TO PUBLIC;
+-- Arithmetic on ids, which jobs.function_stats uses.
+GRANT EXECUTE ON FUNCTION jobs._first_id_at(timestamptz) TO PUBLIC;
 -- Like pg_stat_activity, the workers' pids and current runs are no secret.
 GRANT EXECUTE ON FUNCTION jobs._workers() TO PUBLIC;
 GRANT SELECT ON jobs.workers TO PUBLIC;
@@ -98,6 +100,12 @@ CREATE POLICY owner_only ON jobs.fetches USING (EXISTS (
 ALTER TABLE jobs.secrets ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner_only ON jobs.secrets USING (owner::oid = (
     SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user));
+ALTER TABLE jobs.replay_requests ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.replay_requests USING (EXISTS (
+    SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+ALTER TABLE jobs.replay_items ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.replay_items USING (EXISTS (
+    SELECT 1 FROM jobs.replay_requests q WHERE q.id = replay_id));
 -- Throttle keys name no function row: only superusers read them.
 ALTER TABLE jobs.throttles ENABLE ROW LEVEL SECURITY;
 

@@ -298,6 +298,142 @@ ALTER TABLE jobs.throttles ENABLE ROW LEVEL SECURITY;
 DROP INDEX jobs.runs_function_id_created_at;
 CREATE INDEX runs_function_id_id ON jobs.runs (function_id, id);
 
+-- Operating runs: rerun, replay, bulk cancel, retention, stats -----------------
+
+ALTER TABLE jobs.functions
+    ADD COLUMN retention interval,
+    ADD COLUMN keep text NOT NULL DEFAULT 'all' CHECK (keep IN ('all', 'failures'));
+ALTER TABLE jobs.runs
+    ADD COLUMN rerun_of uuid,
+    ADD COLUMN rerun_step text,
+    ADD COLUMN rerun_input jsonb,
+    ADD COLUMN replay_id uuid;
+
+CREATE TABLE jobs.replay_requests (
+    id          uuid PRIMARY KEY,
+    function_id text NOT NULL,
+    window_from timestamptz NOT NULL,
+    window_to   timestamptz NOT NULL,
+    statuses    text[] NOT NULL,
+    created_by  regrole NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    total       bigint NOT NULL,
+    started     bigint NOT NULL DEFAULT 0,
+    finished    bigint NOT NULL DEFAULT 0,
+    cancelled_at timestamptz,
+    ended_at    timestamptz
+);
+CREATE INDEX replay_requests_active ON jobs.replay_requests (created_at) WHERE ended_at IS NULL;
+CREATE TABLE jobs.replay_items (
+    replay_id   uuid NOT NULL,
+    position    bigint NOT NULL,
+    source_run_id uuid,
+    event_id    uuid,
+    run_id      uuid,
+    done        boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (replay_id, position)
+);
+CREATE INDEX replay_items_pending ON jobs.replay_items (replay_id, position) WHERE run_id IS NULL;
+CREATE INDEX replay_items_in_flight ON jobs.replay_items (replay_id) WHERE run_id IS NOT NULL AND NOT done;
+CREATE INDEX replay_items_source_run_id ON jobs.replay_items (source_run_id) WHERE run_id IS NULL;
+CREATE INDEX replay_items_event_id ON jobs.replay_items (event_id) WHERE run_id IS NULL;
+
+CREATE VIEW jobs.replays WITH (security_invoker = true) AS
+SELECT id, function_id, window_from, window_to, statuses, created_by, created_at,
+       total, started, finished,
+       CASE WHEN cancelled_at IS NOT NULL THEN 'cancelled'
+            WHEN ended_at IS NOT NULL THEN 'finished' ELSE 'running' END AS status,
+       cancelled_at, ended_at
+FROM jobs.replay_requests;
+
+ALTER TABLE jobs.replay_requests ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.replay_requests USING (EXISTS (
+    SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+ALTER TABLE jobs.replay_items ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.replay_items USING (EXISTS (
+    SELECT 1 FROM jobs.replay_requests q WHERE q.id = replay_id));
+
+CREATE FUNCTION jobs."rerun"(
+	"run_id" uuid,
+	"from_step" TEXT DEFAULT NULL,
+	"input" jsonb DEFAULT NULL
+) RETURNS uuid
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'rerun_wrapper';
+CREATE FUNCTION jobs."replay"(
+	"function_id" TEXT,
+	"from" timestamp with time zone,
+	"to" timestamp with time zone,
+	"statuses" TEXT[] DEFAULT '{failed}'
+) RETURNS uuid
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'replay_wrapper';
+CREATE FUNCTION jobs."cancel_replay"(
+	"replay_id" uuid
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'cancel_replay_wrapper';
+CREATE FUNCTION jobs."_cancel_runs"(
+	"function_id" TEXT,
+	"from" timestamp with time zone DEFAULT NULL,
+	"to" timestamp with time zone DEFAULT NULL,
+	"condition" TEXT DEFAULT NULL
+) RETURNS bigint
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'cancel_runs_wrapper';
+
+CREATE FUNCTION jobs._first_id_at(ts timestamptz) RETURNS uuid
+LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT AS $$
+    SELECT (pg_catalog.lpad(pg_catalog.to_hex(GREATEST(0::int8,
+                pg_catalog.floor(EXTRACT(epoch FROM ts) * 1000)::int8)), 12, '0')
+            || '00000000000000000000')::uuid
+$$;
+
+CREATE VIEW jobs.function_stats WITH (security_invoker = true) AS
+SELECT f.id AS function_id, f.paused,
+       coalesce(now_.queued, 0) AS queued, coalesce(now_.running, 0) AS running,
+       coalesce(now_.sleeping, 0) AS sleeping, coalesce(now_.waiting, 0) AS waiting,
+       now() - now_.oldest_queued_at AS oldest_queued_age,
+       coalesce(hour.completed, 0) AS completed_last_hour, coalesce(hour.failed, 0) AS failed_last_hour,
+       hour.p50 AS p50_duration_last_hour, hour.p95 AS p95_duration_last_hour
+FROM jobs.functions f
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE r.status = 'queued') AS queued,
+           count(*) FILTER (WHERE r.status = 'running') AS running,
+           count(*) FILTER (WHERE r.status = 'sleeping') AS sleeping,
+           count(*) FILTER (WHERE r.status = 'waiting') AS waiting,
+           min(r.created_at) FILTER (WHERE r.status = 'queued') AS oldest_queued_at
+    FROM jobs.queue q JOIN jobs.runs r ON r.id = q.run_id
+    WHERE q.function_id = f.id AND q.step_id = ''
+) now_ ON true
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE r.status = 'completed') AS completed,
+           count(*) FILTER (WHERE r.status = 'failed') AS failed,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY r.ended_at - coalesce(r.started_at, r.created_at)) AS p50,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY r.ended_at - coalesce(r.started_at, r.created_at)) AS p95
+    FROM jobs.runs r
+    WHERE r.function_id = f.id AND r.id >= jobs._first_id_at(now() - interval '1 hour')
+      AND r.ended_at >= now() - interval '1 hour' AND r.status IN ('completed', 'failed')
+) hour ON true;
+
+CREATE FUNCTION jobs.cancel_runs(function_id text, "from" timestamptz DEFAULT NULL,
+                                 "to" timestamptz DEFAULT NULL, "if" text DEFAULT NULL) RETURNS bigint
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$ SELECT jobs._cancel_runs(function_id, "from", "to", "if") $$;
+
+REVOKE EXECUTE ON FUNCTION jobs.rerun(uuid, text, jsonb), jobs.replay(text, timestamptz, timestamptz, text[]),
+    jobs.cancel_replay(uuid), jobs._cancel_runs(text, timestamptz, timestamptz, text),
+    jobs.cancel_runs(text, timestamptz, timestamptz, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION jobs._first_id_at(timestamptz) TO PUBLIC;
+
 -- jobs.fetch (issue 14) ------------------------------------------------------
 
 ALTER TABLE jobs.steps DROP CONSTRAINT steps_kind_check;

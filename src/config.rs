@@ -33,6 +33,10 @@ pub struct FunctionConfig {
     /// (`"public"` for all), by name.
     pub invokers: Vec<String>,
     pub flow: crate::flow::Flow,
+    /// How long finished runs are kept (`None`: the `jobs.retention` setting).
+    pub retention: Option<Duration>,
+    /// `keep: "failures"`: completed runs are removed as soon as they finish.
+    pub keep_failures_only: bool,
 }
 
 /// An event that cancels a run (Inngest's `cancelOn`).
@@ -114,6 +118,8 @@ const KEYS: &[(&str, Option<&str>)] = &[
     ("timeouts", None),
     ("on_failure", Some("onFailure")),
     ("invokers", None),
+    ("retention", None),
+    ("keep", None),
 ];
 
 /// Resolves aliases, refuses unknown and duplicated keys.
@@ -214,9 +220,33 @@ pub fn parse(config: &Value) -> Result<FunctionConfig, ConfigError> {
         None => Vec::new(),
         Some(value) => parse_invokers(value)?,
     };
+    let retention = match object.get("retention") {
+        None => None,
+        Some(value) => {
+            let kept = duration::from_json(value).map_err(|e| invalid("retention", value, e.0))?;
+            if kept < Duration::from_secs(1) {
+                return Err(invalid("retention", value, "must be at least one second"));
+            }
+            Some(kept)
+        }
+    };
+    let keep_failures_only = match object.get("keep") {
+        None => false,
+        Some(Value::String(keep)) if keep == "all" => false,
+        Some(Value::String(keep)) if keep == "failures" => true,
+        Some(value) => {
+            return Err(invalid(
+                "keep",
+                value,
+                "must be \"all\" (the default) or \"failures\"",
+            ))
+        }
+    };
     Ok(FunctionConfig {
         flow,
         invokers,
+        retention,
+        keep_failures_only,
         triggers,
         filter,
         max_attempts,
@@ -608,6 +638,27 @@ mod tests {
             Backoff::Fixed {
                 delay: Duration::from_millis(100)
             }
+        );
+    }
+
+    #[test]
+    fn retention_and_keep() {
+        let c = parse(&json!({})).unwrap();
+        assert_eq!((c.retention, c.keep_failures_only), (None, false));
+        let c = parse(&json!({"retention": "7d", "keep": "failures"})).unwrap();
+        assert_eq!(c.retention, Some(Duration::from_secs(7 * 86_400)));
+        assert!(c.keep_failures_only);
+        assert!(!parse(&json!({"keep": "all"})).unwrap().keep_failures_only);
+        let e = err(json!({"retention": "500ms"}));
+        assert_eq!(
+            (e.key.as_str(), e.value.as_str()),
+            ("retention", "\"500ms\"")
+        );
+        assert_eq!(err(json!({"retention": "ever"})).key, "retention");
+        let e = err(json!({"keep": "successes"}));
+        assert_eq!(
+            (e.key.as_str(), e.value.as_str()),
+            ("keep", "\"successes\"")
         );
     }
 

@@ -14,6 +14,8 @@ pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16);
 pub static MAX_EVENT_SIZE_KB: GucSetting<i32> = GucSetting::<i32>::new(512);
+/// How long finished runs are kept, in seconds (0: for ever): 30 days.
+pub static RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 86_400);
 /// Default bound of one attempt where a function sets no `max_runtime`: 15 minutes.
 pub static MAX_RUNTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(15 * 60 * 1000);
 
@@ -173,6 +175,16 @@ pub fn define(preloading: bool) {
         10_000,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"jobs.retention",
+        c"How long finished runs, and events no run needs, are kept.",
+        c"A function's config key \"retention\" overrides it; 0 keeps them for ever.",
+        &RETENTION_S,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
     );
     #[cfg(not(any(feature = "pg13", feature = "pg14")))]
     unsafe {

@@ -17,6 +17,7 @@ mod gucs;
 mod owners;
 mod pgtime;
 mod replay;
+mod retention;
 mod shmem;
 mod stack;
 mod worker;
@@ -38,7 +39,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/200_operations.sql",
     name = "operations",
-    requires = [api::explain::workers]
+    requires = [api::explain::workers, api::operations::cancel_runs]
 );
 extension_sql_file!("../sql/900_security.sql", name = "security", finalize);
 

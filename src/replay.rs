@@ -94,6 +94,8 @@ pub struct Replay {
     memos: HashMap<String, Memo>,
     seen: HashMap<String, u32>,
     yielded: Option<Operation>,
+    /// A rerun's step whose args are replaced (jobs.rerun's `input`), as JSON text.
+    args_override: Option<(String, String)>,
 }
 
 impl Replay {
@@ -102,6 +104,20 @@ impl Replay {
             owner,
             memos,
             ..Default::default()
+        }
+    }
+
+    /// Step `id` gets `args` (JSON text) instead of those the handler passes.
+    pub fn with_args_override(mut self, id: String, args: String) -> Replay {
+        self.args_override = Some((id, args));
+        self
+    }
+
+    /// The args step `id` runs with: the handler's, unless overridden.
+    pub fn args_for(&self, id: &str, handler_args: Option<String>) -> Option<String> {
+        match &self.args_override {
+            Some((step, args)) if step == id => Some(args.clone()),
+            _ => handler_args,
         }
     }
 
@@ -229,6 +245,20 @@ mod tests {
         assert_eq!(r.attempts("retrying"), 2);
         assert_eq!(r.attempts("new"), 0);
         assert_eq!(r.memo("new"), None);
+    }
+
+    #[test]
+    fn a_rerun_replaces_the_args_of_its_step_only() {
+        let r = Replay::default().with_args_override("charge:1".into(), "{\"amount\": 5}".into());
+        assert_eq!(
+            r.args_for("charge:1", Some("{}".into())).as_deref(),
+            Some("{\"amount\": 5}")
+        );
+        assert_eq!(
+            r.args_for("charge", Some("{}".into())).as_deref(),
+            Some("{}")
+        );
+        assert_eq!(r.args_for("other", None), None);
     }
 
     #[test]

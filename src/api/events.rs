@@ -407,6 +407,17 @@ pub struct Origin<'a> {
     pub parent: Option<(pgrx::Uuid, &'a str)>,
     /// It descends from a jobs/function.* event (see jobs.runs.from_system_event).
     pub from_system_event: bool,
+    /// It repeats a run, or runs a skipped event, whose event is stored already.
+    pub rerun: Option<Rerun<'a>>,
+}
+
+/// What a run started by jobs.rerun or jobs.replay repeats (see jobs.runs.rerun_of).
+#[derive(Default)]
+pub struct Rerun<'a> {
+    pub of: Option<pgrx::Uuid>,
+    pub step: Option<&'a str>,
+    pub input: Option<JsonbDatum>,
+    pub replay: Option<pgrx::Uuid>,
 }
 
 impl Origin<'_> {
@@ -418,8 +429,9 @@ impl Origin<'_> {
     }
 }
 
-/// Inserts the event, a run and a queue entry for each target, and the waits
-/// of their cancel_on, in one statement.
+/// Inserts the event (unless `origin` reruns a stored one), a run and a
+/// queue entry for each target, and the waits of their cancel_on, in one
+/// statement.
 pub fn insert_event(
     client: &mut SpiClient<'_>,
     id: pgrx::Uuid,
@@ -433,11 +445,13 @@ pub fn insert_event(
         client,
         "WITH event AS (
             INSERT INTO jobs.events (id, name, data, ts, dedup_id, duplicate_of, owner)
-            VALUES ($1, $2, $3, coalesce($4, now()), $5, $6, $14)
-            RETURNING jsonb_build_object('id', id, 'name', name, 'data', data, 'ts', ts) AS doc
+            SELECT $1, $2, $3, coalesce($4, now()), $5, $6, $14 WHERE NOT $23
+         ), doc AS (
+            SELECT jsonb_build_object('id', $1, 'name', $2, 'data', $3, 'ts', coalesce($4, now())) AS doc
          ), runs AS (
-            INSERT INTO jobs.runs (id, function_id, event_id, parent_run_id, parent_step_id, from_system_event)
-            SELECT run_id, function_id, $1, $11, $12, $13
+            INSERT INTO jobs.runs (id, function_id, event_id, parent_run_id, parent_step_id, from_system_event,
+                                   rerun_of, rerun_step, rerun_input, replay_id)
+            SELECT run_id, function_id, $1, $11, $12, $13, $24, $25, $26, $27
             FROM unnest($7::uuid[], $8::text[]) AS r (run_id, function_id)
          ), queued AS (
             INSERT INTO jobs.queue (run_id, function_id, due_at, held, ckey1, lim1, ckey2, lim2,
@@ -452,9 +466,9 @@ pub fn insert_event(
          )
          INSERT INTO jobs.waits (run_id, step_id, kind, event, match_path, match_value, condition, trigger, expires_at)
          SELECT r.run_id, 'cancel_on:' || (c.n - 1), 'cancel', c.spec->>'event', m.path,
-                CASE WHEN cardinality(m.path) = 0 THEN 'true' ELSE (SELECT doc FROM event) #> m.path END,
+                CASE WHEN cardinality(m.path) = 0 THEN 'true' ELSE (SELECT doc FROM doc) #> m.path END,
                 c.spec->>'condition',
-                CASE WHEN c.spec->>'condition' IS NOT NULL THEN (SELECT doc FROM event) END,
+                CASE WHEN c.spec->>'condition' IS NOT NULL THEN (SELECT doc FROM doc) END,
                 clock_timestamp() + (c.spec->>'timeout_ms')::float8 * interval '1 millisecond'
          FROM unnest($7::uuid[], $10::jsonb[]) AS r (run_id, specs)
          CROSS JOIN LATERAL jsonb_array_elements(r.specs) WITH ORDINALITY AS c (spec, n)
@@ -483,8 +497,14 @@ pub fn insert_event(
             FLOAT8ARRAYOID.value(),
             FLOAT8ARRAYOID.value(),
             FLOAT8ARRAYOID.value(),
+            BOOLOID.value(),
+            UUIDOID.value(),
+            TEXTOID.value(),
+            JSONBOID.value(),
+            UUIDOID.value(),
         ],
     );
+    let rerun = origin.rerun.as_ref();
     let run_ids: Vec<pgrx::Uuid> = targets.iter().map(|t| t.run).collect();
     let function_ids: Vec<&str> = targets.iter().map(|t| t.function.as_str()).collect();
     let held: Vec<bool> = targets.iter().map(|t| t.held).collect();
@@ -524,6 +544,14 @@ pub fn insert_event(
                 column(targets, |p| Some(p.shift_ms as f64)).into(),
                 column(targets, |p| p.start_within_ms.map(|ms| ms as f64)).into(),
                 column(targets, |p| p.finish_within_ms.map(|ms| ms as f64)).into(),
+                rerun.is_some().into(),
+                rerun.and_then(|r| r.of).into(),
+                rerun.and_then(|r| r.step).into(),
+                match rerun.and_then(|r| r.input.as_ref()) {
+                    Some(input) => unsafe { DatumWithOid::new(input.0, JSONBOID.value()) },
+                    None => DatumWithOid::null_oid(JSONBOID.value()),
+                },
+                rerun.and_then(|r| r.replay).into(),
             ],
         )
         .expect("recording an event");
@@ -688,6 +716,30 @@ pub enum Started {
 /// `data`), whatever its triggers: `jobs/function.invoked`, `jobs/scheduled.timer`.
 /// `data` is a JSON object.
 pub fn start_run(function_id: &str, name: &str, data: JsonbDatum, origin: Origin) -> Started {
+    let event = NewEvent {
+        name: name.to_string(),
+        data: data.0,
+        dedup_id: None,
+        ts: None,
+        // It concerns one function: shown to its owner only (set below).
+        owner: None,
+    };
+    start(function_id, new_id(), event, origin)
+}
+
+/// Starts a run of `function_id` for the stored event `event_id` (its name,
+/// data, time and owner in `event`); `origin.rerun` says what it repeats.
+pub fn start_rerun(
+    function_id: &str,
+    event_id: pgrx::Uuid,
+    event: NewEvent,
+    origin: Origin,
+) -> Started {
+    debug_assert!(origin.rerun.is_some());
+    start(function_id, event_id, event, origin)
+}
+
+fn start(function_id: &str, event_id: pgrx::Uuid, mut event: NewEvent, origin: Origin) -> Started {
     let found = Spi::connect(|client| {
         let row = client
             .select(
@@ -715,19 +767,13 @@ pub fn start_run(function_id: &str, name: &str, data: JsonbDatum, origin: Origin
     if !allowed {
         return Started::NotAllowed;
     }
-    let event = NewEvent {
-        name: name.to_string(),
-        data: data.0,
-        dedup_id: None,
-        ts: None,
-        // It concerns one function: shown to its owner only.
-        owner,
-    };
-    let event_id = new_id();
+    if origin.rerun.is_none() {
+        event.owner = owner;
+    }
     let flow = stored_flow(flow);
     // Runs that nobody's event started obey the run-level flow control only.
     let placement = flow.as_ref().map_or_else(Default::default, |flow| {
-        let document = super::flow::event_document(event_id, name, event.data);
+        let document = super::flow::event_document(event_id, &event.name, event.data);
         super::flow::placement(function_id, flow, &document)
     });
     let target = Target {

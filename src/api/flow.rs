@@ -277,7 +277,7 @@ fn singleton_taken(
             client
                 .update(statement, None, &[current.into(), run.to_string().into()])
                 .expect("cancelling the singleton's run");
-            super::functions::interrupt_executing(current);
+            super::functions::interrupt_executing(&[current]);
             shmem::wake_workers_at_commit(1);
             None
         }

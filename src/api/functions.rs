@@ -11,7 +11,7 @@ use crate::config::{self, FunctionConfig};
 use crate::errors::{self, invalid, raise, warn_not_preloaded};
 use crate::{event_name, shmem};
 
-fn check_id(id: Option<&str>) -> &str {
+pub(crate) fn check_id(id: Option<&str>) -> &str {
     let Some(id) = id else {
         raise(
             PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
@@ -87,7 +87,7 @@ fn check_handler(handler: Option<RegProcedure>) -> Handler {
 
 /// Locks function `id` and refuses to go on unless the caller is a member of
 /// its owner. The lock makes the check and the change that follows one.
-fn check_may_change(id: &str, caller: pg_sys::Oid) {
+pub(crate) fn check_may_change(id: &str, caller: pg_sys::Oid) {
     let owned = Spi::get_one_with_args::<bool>(
         "SELECT (SELECT pg_catalog.pg_has_role($2, owner, 'MEMBER') FROM jobs.functions WHERE id = $1 FOR UPDATE)",
         &[id.into(), caller.into()],
@@ -100,7 +100,7 @@ fn check_may_change(id: &str, caller: pg_sys::Oid) {
     }
 }
 
-fn another_roles(id: &str) -> ! {
+pub(crate) fn another_roles(id: &str) -> ! {
     raise(
         PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
         format!(
@@ -109,7 +109,7 @@ fn another_roles(id: &str) -> ! {
     )
 }
 
-fn exists(id: &str) -> bool {
+pub(crate) fn exists(id: &str) -> bool {
     Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT FROM jobs.functions WHERE id = $1)",
         &[id.into()],
@@ -288,15 +288,16 @@ fn store_function(definition: &Definition) -> bool {
         "WITH defined AS (
             INSERT INTO jobs.functions AS f
                 (id, handler, handler_owner, config, owner, invokers, max_attempts, backoff, max_runtime,
-                 filter, cancel_on, failure_of, flow)
-            VALUES ($1, $2, $3, $4, $5, $6::oid[]::regrole[], $7, $8, $9 * interval '1 millisecond', $10, $11, $12, $13)
+                 filter, cancel_on, failure_of, flow, retention, keep)
+            VALUES ($1, $2, $3, $4, $5, $6::oid[]::regrole[], $7, $8, $9 * interval '1 millisecond', $10, $11, $12, $13,
+                    $14 * interval '1 millisecond', CASE WHEN $15 THEN 'failures' ELSE 'all' END)
             ON CONFLICT (id) DO UPDATE SET
                 handler = excluded.handler, handler_owner = excluded.handler_owner, config = excluded.config,
                 owner = excluded.owner, invokers = excluded.invokers,
                 max_attempts = excluded.max_attempts, backoff = excluded.backoff,
                 max_runtime = excluded.max_runtime, filter = excluded.filter,
                 cancel_on = excluded.cancel_on, failure_of = excluded.failure_of, flow = excluded.flow,
-                updated_at = now()
+                retention = excluded.retention, keep = excluded.keep, updated_at = now()
             WHERE CASE WHEN excluded.failure_of IS NULL
                        THEN pg_catalog.pg_has_role(excluded.owner, f.owner, 'MEMBER')
                        ELSE f.failure_of = excluded.failure_of END
@@ -319,6 +320,8 @@ fn store_function(definition: &Definition) -> bool {
             (!parsed.flow.is_empty())
                 .then(|| JsonB(serde_json::to_value(&parsed.flow).expect("flow serializes")))
                 .into(),
+            parsed.retention.map(|d| d.as_millis() as f64).into(),
+            parsed.keep_failures_only.into(),
         ],
     )
     .unwrap_or_else(|e| panic!("storing function {id}: {e}"));
@@ -514,25 +517,25 @@ fn cancel_run(run_id: Option<pgrx::Uuid>) {
             )
         }
         shmem::wake_workers_at_commit(1);
-        interrupt_executing(run_id);
+        interrupt_executing(&[run_id]);
     });
 }
 
-/// Executors running code of `run` (its handler, a step, a parallel step) are
+/// Executors running code of `runs` (a handler, a step, a parallel step) are
 /// interrupted once the cancellation commits.
-pub fn interrupt_executing(run: pgrx::Uuid) {
-    let holders: Vec<i32> = Spi::connect(|client| {
+pub fn interrupt_executing(runs: &[pgrx::Uuid]) {
+    let holders: Vec<(pgrx::Uuid, i32)> = Spi::connect(|client| {
         client
             .select(
-                "SELECT DISTINCT claimed_by FROM jobs.queue WHERE run_id = $1 AND claimed_by > 0",
+                "SELECT DISTINCT run_id, claimed_by FROM jobs.queue WHERE run_id = ANY ($1) AND claimed_by > 0",
                 None,
-                &[run.into()],
+                &[runs.to_vec().into()],
             )
-            .unwrap_or_else(|e| panic!("finding who executes run {run}: {e}"))
-            .filter_map(|row| row.get::<i32>(1).ok().flatten())
+            .unwrap_or_else(|e| panic!("finding who executes runs being cancelled: {e}"))
+            .filter_map(|row| Some((row.get(1).ok().flatten()?, row.get(2).ok().flatten()?)))
             .collect()
     });
-    for pid in holders {
+    for (run, pid) in holders {
         shmem::interrupt_at_commit(*run.as_bytes(), pid);
     }
 }

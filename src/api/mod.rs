@@ -6,6 +6,7 @@ pub mod expressions;
 pub mod fetch;
 pub mod flow;
 pub mod functions;
+pub mod operations;
 pub mod schemas;
 pub mod steps;
 pub mod types;

@@ -92,10 +92,10 @@ pub(super) fn planned(
     };
     let step = PlannedStep {
         attempts: replay.attempts(&id),
+        args: replay.args_for(&id, args),
         id,
         name: name.to_string(),
         sql,
-        args,
         fetch,
     };
     (step, done)

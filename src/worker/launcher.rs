@@ -112,7 +112,16 @@ fn housekeeping() {
     // moment two expressions of one function could both fire it.
     Spi::run("DELETE FROM jobs.cron_fires WHERE scheduled_at < now() - interval '1 day'")
         .expect("forgetting cron fires");
+    super::retention::forget_replays();
 }
+
+/// Most runs of replays unfinished at once, per executor: enough to keep
+/// the executors busy, few enough that other work queued meanwhile waits
+/// behind a handful of them only.
+const REPLAY_RUNS_PER_EXECUTOR: i64 = 8;
+
+/// How often the launcher starts replay runs while a replay is under way.
+const REPLAY_TICK: Duration = Duration::from_millis(100);
 
 /// Starts the runs of the schedules that are due. An instant fires at most
 /// once per function (jobs.cron_fires), and the next fire time moves on in
@@ -313,6 +322,7 @@ pub extern "C-unwind" fn pg_jobs_launcher_main(_arg: pg_sys::Datum) {
     let mut last_housekeeping = Instant::now();
     let mut said_version = String::new();
     let mut shortfall = (0, 0);
+    let mut retention = super::retention::Retention::new();
     loop {
         handle_interrupts();
         shared().launcher_beat();
@@ -389,6 +399,12 @@ pub extern "C-unwind" fn pg_jobs_launcher_main(_arg: pg_sys::Datum) {
             if let Some(next) = in_transaction(next_schedule_in).flatten() {
                 timeout = next.clamp(Duration::from_millis(1), poll);
             }
+            let max_in_flight = REPLAY_RUNS_PER_EXECUTOR * gucs::WORKERS.get().max(1) as i64;
+            if in_transaction(|| super::replays::pump(max_in_flight)) == Some(true) {
+                timeout = timeout.min(REPLAY_TICK);
+            }
+            let next_retention = retention.tick();
+            timeout = timeout.min(next_retention.saturating_duration_since(Instant::now()));
         }
         // Executors starting or stopping set this latch (bgw_notify_pid); the
         // timeout is the next schedule, or bounds how soon a CREATE EXTENSION

@@ -6,6 +6,8 @@ mod flow;
 mod invoke;
 pub mod launcher;
 mod record;
+mod replays;
+mod retention;
 mod run;
 mod task;
 

@@ -62,6 +62,23 @@ thread_local! {
     static SLEEP: StatementCache = const { StatementCache::new() };
     static PLAN: StatementCache = const { StatementCache::new() };
     static TASK_DONE: StatementCache = const { StatementCache::new() };
+    static FORGET: StatementCache = const { StatementCache::new() };
+}
+
+/// Removes finished runs with their steps, attempt errors and batches
+/// (retention, `keep: "failures"`); returns how many runs went. Their events
+/// go later, once no run needs them (worker/retention.rs).
+pub fn forget_runs(runs: Vec<pgrx::Uuid>) -> i64 {
+    exec::<i64>(
+        &FORGET,
+        "WITH runs AS (DELETE FROM jobs.runs WHERE id = ANY ($1) RETURNING 1),
+              steps AS (DELETE FROM jobs.steps WHERE run_id = ANY ($1)),
+              errors AS (DELETE FROM jobs.attempt_errors WHERE run_id = ANY ($1)),
+              batch AS (DELETE FROM jobs.batch_events WHERE run_id = ANY ($1))
+         SELECT count(*) FROM runs",
+        vec![runs.into()],
+    )
+    .unwrap_or(0)
 }
 
 /// A run's end, written with the other ends of its round (`write_finished`).
@@ -69,6 +86,8 @@ struct Finished {
     run: pgrx::Uuid,
     /// Its function has flow control: singleton, debounce or batch state may name it.
     flow: bool,
+    /// Its function keeps failures only, and it completed: it goes at once.
+    forget: bool,
     status: &'static str,
     output: Option<String>,
     error: Option<JsonB>,
@@ -84,6 +103,7 @@ thread_local! {
 pub fn finish(
     run: pgrx::Uuid,
     flow: bool,
+    keep_failures_only: bool,
     status: &'static str,
     output: Option<String>,
     failure: Option<&Failure>,
@@ -92,6 +112,7 @@ pub fn finish(
         finished.borrow_mut().push(Finished {
             run,
             flow,
+            forget: keep_failures_only && status == "completed",
             status,
             output,
             error: failure.map(|f| JsonB(f.to_json())),
@@ -107,10 +128,13 @@ pub fn write_finished() {
         return;
     }
     let (mut runs, mut statuses, mut outputs, mut errors) = (vec![], vec![], vec![], vec![]);
-    let mut with_flow = vec![];
+    let (mut with_flow, mut forgotten) = (vec![], vec![]);
     for end in finished {
         if end.flow {
             with_flow.push(end.run);
+        }
+        if end.forget {
+            forgotten.push(end.run);
         }
         runs.push(end.run);
         statuses.push(end.status);
@@ -156,6 +180,9 @@ pub fn write_finished() {
     .unwrap_or(0);
     if resumed > 0 {
         crate::shmem::wake_workers_at_commit(resumed as usize);
+    }
+    if !forgotten.is_empty() {
+        forget_runs(forgotten);
     }
 }
 

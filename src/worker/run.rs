@@ -126,6 +126,10 @@ pub struct LoadedRun {
     /// A step of it is suspended (sleep, wait, invoke) and ends now.
     suspended: bool,
     memos: HashMap<String, Memo>,
+    /// A rerun's step and the args (JSON text) that replace the handler's.
+    args_override: Option<(String, String)>,
+    /// Its function's `keep: "failures"`: once completed, it is removed.
+    keep_failures_only: bool,
 }
 
 /// A stored step, from a row of (run_id, id, status, attempts, output,
@@ -162,7 +166,7 @@ macro_rules! claimed_runs_select {
     ($new_attempt:literal) => {
         concat!(
             "SELECT c.run_id, c.step_id, c.claims,
-                e.id IS NOT NULL, r.started_at IS NULL, r.function_id, r.attempt + ",
+                e.id IS NOT NULL, r.started_at IS NULL AND r.rerun_step IS NULL, r.function_id, r.attempt + ",
             $new_attempt,
             "::int,
                 f.id IS NOT NULL, coalesce(f.paused, false), coalesce(f.max_attempts, 1),
@@ -182,7 +186,8 @@ macro_rules! claimed_runs_select {
             $new_attempt,
             "::int)::text,
                 c.cancelled::text, p.proowner IS DISTINCT FROM f.handler_owner::oid,
-                coalesce(r.from_system_event, false), c.ckey1, c.ckey2, f.flow IS NOT NULL
+                coalesce(r.from_system_event, false), c.ckey1, c.ckey2, f.flow IS NOT NULL,
+                r.rerun_step, r.rerun_input::text, f.keep = 'failures'
          FROM claimed c
          LEFT JOIN jobs.runs r ON r.id = c.run_id AND c.step_id = ''
          LEFT JOIN jobs.events e ON e.id = r.event_id
@@ -238,6 +243,12 @@ pub fn claimed_run(
             cancelled: row.get(18).ok().flatten(),
             suspended: false,
             memos: HashMap::new(),
+            args_override: row
+                .get::<String>(24)
+                .ok()
+                .flatten()
+                .zip(row.get::<String>(25).ok().flatten()),
+            keep_failures_only: row.get(26).ok().flatten().unwrap_or(false),
         },
     })
 }
@@ -420,7 +431,10 @@ pub fn advance(run: &mut LoadedRun) -> Progress {
         &format!("run {} of {}", run.id, run.function_id),
         Some(run.id),
     );
-    let replay = Replay::new(run.user.owner.to_u32(), std::mem::take(&mut run.memos));
+    let mut replay = Replay::new(run.user.owner.to_u32(), std::mem::take(&mut run.memos));
+    if let Some((step, args)) = &run.args_override {
+        replay = replay.with_args_override(step.clone(), args.clone());
+    }
     let (result, memos, operation) =
         replay::during(replay, || invoke::call_handler(&run.user, call, &run.ctx));
     run.memos = memos;
@@ -469,7 +483,14 @@ fn finish(
             .and_then(|mut ctx| ctx.get_mut("event").map(serde_json::Value::take))
             .unwrap_or_default()
     };
-    record::finish(run.id, run.has_flow, status, output.clone(), failure);
+    record::finish(
+        run.id,
+        run.has_flow,
+        run.keep_failures_only,
+        status,
+        output.clone(),
+        failure,
+    );
     if run.user.from_system_event {
         // The loop rule: a run that a jobs/function.* event started (or one
         // descending from such a run) sends none of its own.
@@ -570,6 +591,7 @@ fn start_invoke(run: &mut LoadedRun, invoke: &PlannedInvoke) -> Progress {
         invoker: Some(run.user.owner),
         parent: Some((run.id, invoke.id.as_str())),
         from_system_event: run.user.from_system_event,
+        rerun: None,
     };
     let data = api::types::JsonbDatum::parse(&invoke.data);
     let failure = match api::events::start_run(
