@@ -33,6 +33,10 @@ use crate::shmem::{self, shared};
 
 /// Shortest wait when a request is due soon.
 const MIN_WAIT: Duration = Duration::from_millis(1);
+/// Answers are recorded at most this often, in one transaction per round:
+/// a round per answer would cost the executors a share of the machine when
+/// hundreds of answers arrive a second, and a step waits a few ms at most.
+const ROUND_EVERY: Duration = Duration::from_millis(5);
 
 /// Who may make requests: the owner of the function must be allowed to call this.
 const FETCH_FUNCTION: &str = "jobs.fetch(text, text, text, jsonb, jsonb, interval, integer[])";
@@ -128,65 +132,72 @@ pub extern "C-unwind" fn pg_jobs_fetcher_main(_arg: pg_sys::Datum) {
     let mut next_id = 0u64;
     let mut recovered = false;
     let mut settings = None;
+    let mut last_round = std::time::Instant::now();
     loop {
+        let since = last_round.elapsed();
+        if since < ROUND_EVERY && !in_flight.is_empty() {
+            // Not wait(): answers keep setting the latch.
+            std::thread::sleep(ROUND_EVERY - since);
+        }
+        last_round = std::time::Instant::now();
         handle_interrupts();
         let poll = Duration::from_millis(gucs::POLL_INTERVAL_MS.get() as u64);
-        let installed =
-            in_transaction(|| super::launcher::installed_version() == env!("CARGO_PKG_VERSION"))
-                .unwrap_or(false);
-        if !installed {
+        let answers: Vec<_> = std::iter::from_fn(|| client.try_recv()).collect();
+        let room = (gucs::FETCH_MAX_IN_FLIGHT.get() as usize).saturating_sub(client.in_flight());
+        let policy = Settings::current(&mut settings).clone();
+        // One transaction a round: the answers, then the next claims.
+        let round = in_transaction(|| {
+            // Safe without waiting for the WAL flush: a claim or an answer
+            // lost in a crash leaves the request claimed by a fetcher that is
+            // gone, so it is made again (at least once); and whatever a run
+            // does next commits after it, flushing it first.
+            gucs::set_for_transaction(c"synchronous_commit", c"off");
+            if super::launcher::installed_version() != env!("CARGO_PKG_VERSION") {
+                return None;
+            }
+            if !recovered {
+                let again = release_claims();
+                if again > 0 {
+                    log!("pg_jobs: {again} request(s) in flight when the fetcher stopped are made again");
+                }
+                recovered = true;
+            }
+            for answer in answers {
+                if let Some(request) = in_flight.remove(&answer.id) {
+                    record_outcome(&request, answer.outcome);
+                }
+            }
+            Some(if room > 0 {
+                claim(room, &policy)
+            } else {
+                (Vec::new(), None)
+            })
+        })
+        .flatten();
+        let Some((ready, next_due)) = round else {
             // Dropped (or not updated): answers have nowhere to go.
-            while client.try_recv().is_some() {}
             in_flight.clear();
             recovered = false;
             wait(poll);
             continue;
+        };
+        let full = room > 0 && ready.len() == room;
+        for (request, prepared) in ready {
+            client
+                .submit(next_id, prepared)
+                .unwrap_or_else(|e| panic!("pg_jobs fetcher: {e}"));
+            in_flight.insert(next_id, request);
+            next_id += 1;
         }
-        if !recovered {
-            let again = in_transaction(release_claims).unwrap_or(0);
-            if again > 0 {
-                log!(
-                    "pg_jobs: {again} request(s) in flight when the fetcher stopped are made again"
-                );
-            }
-            recovered = true;
-        }
-        let answers: Vec<_> = std::iter::from_fn(|| client.try_recv()).collect();
-        if !answers.is_empty() {
-            in_transaction(|| {
-                for answer in answers {
-                    if let Some(request) = in_flight.remove(&answer.id) {
-                        record_outcome(&request, answer.outcome);
-                    }
-                }
-            });
-        }
-        let room = (gucs::FETCH_MAX_IN_FLIGHT.get() as usize).saturating_sub(client.in_flight());
-        let mut timeout = poll;
-        if room > 0 {
-            let policy = Settings::current(&mut settings).clone();
-            let (ready, next_due) = in_transaction(|| claim(room, &policy)).unwrap_or_default();
-            let full = ready.len() == room;
-            for (request, prepared) in ready {
-                client
-                    .submit(next_id, prepared)
-                    .unwrap_or_else(|e| panic!("pg_jobs fetcher: {e}"));
-                in_flight.insert(next_id, request);
-                next_id += 1;
-            }
-            if full {
-                continue;
-            }
-            if let Some(due) = next_due {
-                timeout = due.clamp(MIN_WAIT, poll);
-            }
+        if full {
+            continue;
         }
         let activity = std::ffi::CString::new(format!("{} request(s) in flight", in_flight.len()))
             .unwrap_or_default();
         unsafe {
             pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, activity.as_ptr())
         };
-        wait(timeout);
+        wait(next_due.map_or(poll, |due| due.clamp(MIN_WAIT, poll)));
     }
 }
 
