@@ -1,6 +1,7 @@
--- The guide's data sync: fetch the changed entity, push it to two services,
--- log the sync. An unknown entity type can never succeed, so it fails at once
--- instead of being retried five times (jobs.non_retriable).
+-- The guide's data sync: fetch the changed entity, POST it to two services
+-- with jobs.fetch, log the sync. An unknown entity type can never succeed, so
+-- it fails at once instead of being retried five times (jobs.non_retriable).
+-- The services' hosts must be in jobs.fetch_allowed_hosts.
 --
 --   const data = await step.run("fetch-data", async () => { switch (entityType) {
 --       case "user": ...; case "order": ...; default: throw new Error(`Unknown entity type: ${entityType}`); } });
@@ -10,8 +11,11 @@
 CREATE TABLE IF NOT EXISTS app_users (
     id int PRIMARY KEY, email text, account_status text DEFAULT 'trial', subscription_id text);
 CREATE TABLE IF NOT EXISTS shop_orders (id int PRIMARY KEY, user_id int, total numeric);
--- What the two services received (the guide POSTs to service-a and service-b).
-CREATE TABLE IF NOT EXISTS service_requests (service text, payload jsonb, sent_at timestamptz DEFAULT now());
+-- Where the services are (a test points them at a local server).
+CREATE TABLE IF NOT EXISTS app_settings (name text PRIMARY KEY, value text NOT NULL);
+INSERT INTO app_settings VALUES ('service_a_url', 'https://service-a.example.com'),
+                                ('service_b_url', 'https://service-b.example.com')
+ON CONFLICT DO NOTHING;
 CREATE TABLE IF NOT EXISTS sync_log (
     entity_type text, entity_id int, synced_at timestamptz DEFAULT now(), services text[],
     PRIMARY KEY (entity_type, entity_id));
@@ -35,8 +39,10 @@ DECLARE
 BEGIN
     data := jobs.step('fetch-data',
         'SELECT fetch_entity($1->>''entityType'', ($1->>''entityId'')::int)', changed);
-    PERFORM jobs.step('sync-to-service-a', 'INSERT INTO service_requests VALUES (''service-a'', $1)', data);
-    PERFORM jobs.step('sync-to-service-b', 'INSERT INTO service_requests VALUES (''service-b'', $1)', data);
+    PERFORM jobs.fetch('sync-to-service-a',
+        (SELECT value FROM app_settings WHERE name = 'service_a_url') || '/sync', 'POST', body => data);
+    PERFORM jobs.fetch('sync-to-service-b',
+        (SELECT value FROM app_settings WHERE name = 'service_b_url') || '/sync', 'POST', body => data);
     PERFORM jobs.step('log-sync',
         $step$ INSERT INTO sync_log (entity_type, entity_id, services)
                VALUES ($1->>'entityType', ($1->>'entityId')::int, '{service-a,service-b}')

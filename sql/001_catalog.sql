@@ -121,7 +121,7 @@ CREATE TABLE jobs.steps (
     id          text NOT NULL,
     -- The id as the handler gave it ('send' for 'send:1').
     name        text NOT NULL,
-    kind        text NOT NULL CHECK (kind IN ('run', 'sleep', 'wait', 'invoke')),
+    kind        text NOT NULL CHECK (kind IN ('run', 'sleep', 'wait', 'invoke', 'fetch')),
     status      text NOT NULL CHECK (status IN
                 ('queued', 'retrying', 'sleeping', 'waiting', 'completed', 'failed')),
     -- Attempts made (failed or not).
@@ -205,6 +205,32 @@ CREATE INDEX queue_waiting_for_slot ON jobs.queue (ckey1)
 CREATE INDEX queue_start_by ON jobs.queue (start_by) WHERE start_by IS NOT NULL;
 CREATE INDEX queue_finish_by ON jobs.queue (finish_by) WHERE finish_by IS NOT NULL;
 
+-- HTTP requests of jobs.fetch and jobs.plan_fetch not made yet, in flight
+-- (claimed by the fetcher) or waiting for a retry. Each counts in its run's
+-- pending_steps, like a parallel step; the fetcher makes the run due when
+-- it ends. `spec` holds {{secret.NAME}} placeholders, never their values.
+CREATE TABLE jobs.fetches (
+    run_id      uuid NOT NULL,
+    step_id     text NOT NULL,
+    function_id text NOT NULL,
+    spec        jsonb NOT NULL,
+    due_at      timestamptz NOT NULL,
+    -- The fetcher process that made the request and waits for its answer.
+    claimed_by  int,
+    PRIMARY KEY (run_id, step_id)
+);
+CREATE INDEX fetches_due ON jobs.fetches (due_at) WHERE claimed_by IS NULL;
+
+-- Secrets for {{secret.NAME}} in fetch requests, by the role that set them
+-- (jobs.set_secret); a request uses its function owner's only.
+CREATE TABLE jobs.secrets (
+    owner       regrole NOT NULL,
+    name        text NOT NULL,
+    value       text NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (owner, name)
+);
+
 -- What runs wait for: an event for jobs.wait_for_event (kind 'event'), or one
 -- that cancels them (kind 'cancel', from cancel_on). jobs.send looks a new
 -- event up here by name and match value, in the sender's transaction.
@@ -268,6 +294,7 @@ SELECT pg_catalog.pg_extension_config_dump('jobs.functions', '');
 SELECT pg_catalog.pg_extension_config_dump('jobs.triggers', '');
 SELECT pg_catalog.pg_extension_config_dump('jobs.cron_schedules', '');
 SELECT pg_catalog.pg_extension_config_dump('jobs.event_schemas', '');
+SELECT pg_catalog.pg_extension_config_dump('jobs.secrets', '');
 
 -- Flow-control state, changed in the transactions of the runs it governs, so
 -- that it cannot leak or drift on a crash.

@@ -82,3 +82,42 @@ BEGIN
         DETAIL = format('retry after %s seconds', extract(epoch FROM delay));
 END
 $$;
+
+-- jobs.fetch: a step whose work is one HTTP request, made by the fetcher
+-- worker outside any transaction (README, "Calling other services"). Not
+-- granted to PUBLIC: outbound requests are a server capability, and the
+-- fetcher checks at request time that the function's owner may call it.
+-- JB001 when the request fails for good: the message is the last failure's.
+CREATE FUNCTION jobs.fetch(id text, url text, method text DEFAULT 'GET', headers jsonb DEFAULT '{}',
+                           body jsonb DEFAULT NULL, timeout interval DEFAULT '30s', accept int[] DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    done jsonb := jobs._fetch(id, jobs._fetch_spec(url, method, headers, body, timeout, accept))::jsonb;
+BEGIN
+    IF done ? 'error' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'JB001',
+            MESSAGE = done->'error'->>'message',
+            DETAIL = format('fetch "%s" failed after %s attempt(s); its last error had SQLSTATE %s',
+                            id, done->'error'->>'attempts', done->'error'->>'sqlstate');
+    END IF;
+    RETURN done->'output';
+END
+$$;
+
+-- A fetch for jobs.parallel: a step_spec without sql, whose args are {"fetch": spec}.
+CREATE FUNCTION jobs.plan_fetch(id text, url text, method text DEFAULT 'GET', headers jsonb DEFAULT '{}',
+                                body jsonb DEFAULT NULL, timeout interval DEFAULT '30s', accept int[] DEFAULT NULL)
+RETURNS jobs.step_spec
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ROW(id, NULL, jsonb_build_object('fetch',
+        jobs._fetch_spec(url, method, headers, body, timeout, accept)))::jobs.step_spec
+$$;
+
+CREATE FUNCTION jobs._fetch_spec(url text, method text, headers jsonb, body jsonb, timeout interval, accept int[])
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object('url', url, 'method', method, 'headers', headers, 'body', body,
+                              'timeout', extract(epoch FROM timeout), 'accept', to_jsonb(accept))
+$$;

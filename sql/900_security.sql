@@ -16,6 +16,13 @@ GRANT EXECUTE ON FUNCTION
     jobs.invoke(text, text, jsonb, interval), jobs._invoke(text, text, jsonb, interval),
     jobs.non_retriable(text), jobs.retry_after(text, interval)
 TO PUBLIC;
+-- jobs.fetch and jobs.plan_fetch make HTTP requests: a superuser grants
+-- them (README, "Calling other services"), with jobs.set_secret and
+-- jobs.delete_secret. What they call inside is harmless alone: the fetcher
+-- makes a request only for a function whose owner may execute jobs.fetch.
+GRANT EXECUTE ON FUNCTION jobs._fetch(text, jsonb),
+    jobs._fetch_spec(text, text, jsonb, jsonb, interval, int[])
+TO PUBLIC;
 -- Arithmetic on ids, which jobs.function_stats uses.
 GRANT EXECUTE ON FUNCTION jobs._first_id_at(timestamptz) TO PUBLIC;
 -- Like pg_stat_activity, the workers' pids and current runs are no secret.
@@ -85,6 +92,14 @@ CREATE POLICY owner_only ON jobs.idempotency_keys USING (EXISTS (
 ALTER TABLE jobs.cron_fires ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner_only ON jobs.cron_fires USING (EXISTS (
     SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+ALTER TABLE jobs.fetches ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.fetches USING (EXISTS (
+    SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+-- A secret is readable by the role that set it (and superusers), not by its
+-- members nor anyone granted SELECT on the table.
+ALTER TABLE jobs.secrets ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.secrets USING (owner::oid = (
+    SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user));
 ALTER TABLE jobs.replay_requests ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner_only ON jobs.replay_requests USING (EXISTS (
     SELECT 1 FROM jobs.functions f WHERE f.id = function_id));

@@ -440,3 +440,102 @@ REVOKE EXECUTE ON FUNCTION jobs.rerun(uuid, text, jsonb), jobs.replay(text, time
     jobs.cancel_replay(uuid), jobs._cancel_runs(text, timestamptz, timestamptz, text),
     jobs.cancel_runs(text, timestamptz, timestamptz, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION jobs._first_id_at(timestamptz) TO PUBLIC;
+
+-- jobs.fetch (issue 14) ------------------------------------------------------
+
+ALTER TABLE jobs.steps DROP CONSTRAINT steps_kind_check;
+ALTER TABLE jobs.steps ADD CONSTRAINT steps_kind_check
+    CHECK (kind IN ('run', 'sleep', 'wait', 'invoke', 'fetch'));
+
+CREATE TABLE jobs.fetches (
+    run_id      uuid NOT NULL,
+    step_id     text NOT NULL,
+    function_id text NOT NULL,
+    spec        jsonb NOT NULL,
+    due_at      timestamptz NOT NULL,
+    claimed_by  int,
+    PRIMARY KEY (run_id, step_id)
+);
+CREATE INDEX fetches_due ON jobs.fetches (due_at) WHERE claimed_by IS NULL;
+
+CREATE TABLE jobs.secrets (
+    owner       regrole NOT NULL,
+    name        text NOT NULL,
+    value       text NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (owner, name)
+);
+SELECT pg_catalog.pg_extension_config_dump('jobs.secrets', '');
+
+CREATE FUNCTION jobs."_fetch"(
+	"id" TEXT,
+	"spec" jsonb
+) RETURNS TEXT
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'fetch_internal_wrapper';
+CREATE FUNCTION jobs."set_secret"(
+	"name" TEXT,
+	"value" TEXT
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'set_secret_wrapper';
+CREATE FUNCTION jobs."delete_secret"(
+	"name" TEXT
+) RETURNS bool
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'delete_secret_wrapper';
+
+CREATE FUNCTION jobs._fetch_spec(url text, method text, headers jsonb, body jsonb, timeout interval, accept int[])
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object('url', url, 'method', method, 'headers', headers, 'body', body,
+                              'timeout', extract(epoch FROM timeout), 'accept', to_jsonb(accept))
+$$;
+
+CREATE FUNCTION jobs.fetch(id text, url text, method text DEFAULT 'GET', headers jsonb DEFAULT '{}',
+                           body jsonb DEFAULT NULL, timeout interval DEFAULT '30s', accept int[] DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    done jsonb := jobs._fetch(id, jobs._fetch_spec(url, method, headers, body, timeout, accept))::jsonb;
+BEGIN
+    IF done ? 'error' THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'JB001',
+            MESSAGE = done->'error'->>'message',
+            DETAIL = format('fetch "%s" failed after %s attempt(s); its last error had SQLSTATE %s',
+                            id, done->'error'->>'attempts', done->'error'->>'sqlstate');
+    END IF;
+    RETURN done->'output';
+END
+$$;
+
+CREATE FUNCTION jobs.plan_fetch(id text, url text, method text DEFAULT 'GET', headers jsonb DEFAULT '{}',
+                                body jsonb DEFAULT NULL, timeout interval DEFAULT '30s', accept int[] DEFAULT NULL)
+RETURNS jobs.step_spec
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ROW(id, NULL, jsonb_build_object('fetch',
+        jobs._fetch_spec(url, method, headers, body, timeout, accept)))::jobs.step_spec
+$$;
+
+REVOKE EXECUTE ON FUNCTION jobs.fetch(text, text, text, jsonb, jsonb, interval, int[]),
+    jobs.plan_fetch(text, text, text, jsonb, jsonb, interval, int[]),
+    jobs.set_secret(text, text), jobs.delete_secret(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION jobs._fetch(text, jsonb),
+    jobs._fetch_spec(text, text, jsonb, jsonb, interval, int[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION jobs._fetch(text, jsonb),
+    jobs._fetch_spec(text, text, jsonb, jsonb, interval, int[])
+TO PUBLIC;
+
+ALTER TABLE jobs.fetches ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.fetches USING (EXISTS (
+    SELECT 1 FROM jobs.functions f WHERE f.id = function_id));
+ALTER TABLE jobs.secrets ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON jobs.secrets USING (owner::oid = (
+    SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user));

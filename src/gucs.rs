@@ -19,6 +19,13 @@ pub static RETENTION_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 86_400);
 /// Default bound of one attempt where a function sets no `max_runtime`: 15 minutes.
 pub static MAX_RUNTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(15 * 60 * 1000);
 
+/// Host patterns jobs.fetch may send requests to (src/fetch/hosts.rs); none by default.
+pub static FETCH_ALLOWED_HOSTS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+pub static FETCH_MAX_RESPONSE_SIZE_KB: GucSetting<i32> =
+    GucSetting::<i32>::new((crate::fetch::DEFAULT_MAX_RESPONSE_SIZE / 1024) as i32);
+pub static FETCH_MAX_IN_FLIGHT: GucSetting<i32> = GucSetting::<i32>::new(256);
+
 /// Sets a PostgreSQL setting until the GUC nest level `NewGUCNestLevel`
 /// opened last is closed (`AtEOXact_GUC`), or its (sub)transaction aborts.
 pub fn set_in_nest_level(name: &CStr, value: &CStr) {
@@ -139,6 +146,36 @@ pub fn define(preloading: bool) {
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
+    // Outbound requests are a server capability: only postgresql.conf (or
+    // ALTER SYSTEM) says where they may go, and the fetcher reads it there.
+    GucRegistry::define_string_guc(
+        c"jobs.fetch_allowed_hosts",
+        c"Hosts jobs.fetch may send requests to.",
+        c"Patterns separated by commas: api.example.com, *.example.com, localhost:8080, 127.0.0.1:*, *. Empty allows none.",
+        &FETCH_ALLOWED_HOSTS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"jobs.fetch_max_response_size",
+        c"Largest response body jobs.fetch reads.",
+        c"A larger body (after decompression) fails the attempt.",
+        &FETCH_MAX_RESPONSE_SIZE_KB,
+        1,
+        1024 * 1024,
+        GucContext::Sighup,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"jobs.fetch_max_in_flight",
+        c"Most jobs.fetch requests the fetcher has in flight at once.",
+        c"Further requests wait for one to end; each may hold up to jobs.fetch_max_response_size in memory.",
+        &FETCH_MAX_IN_FLIGHT,
+        1,
+        10_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"jobs.retention",
         c"How long finished runs, and events no run needs, are kept.",
@@ -174,4 +211,16 @@ pub fn max_event_size_bytes() -> usize {
 pub fn default_max_runtime() -> Option<std::time::Duration> {
     let ms = MAX_RUNTIME_MS.get();
     (ms > 0).then(|| std::time::Duration::from_millis(ms as u64))
+}
+
+/// `jobs.fetch_allowed_hosts` as written.
+pub fn fetch_allowed_hosts() -> String {
+    FETCH_ALLOWED_HOSTS
+        .get()
+        .map(|hosts| hosts.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+pub fn fetch_max_response_size() -> usize {
+    FETCH_MAX_RESPONSE_SIZE_KB.get() as usize * 1024
 }

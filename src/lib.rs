@@ -11,10 +11,8 @@ mod duration;
 mod errors;
 mod event_name;
 mod expr;
-mod flow;
-// The executor, the SQL API and the fetcher worker use it next (issue 14).
-#[allow(dead_code, unused_imports)]
 mod fetch;
+mod flow;
 mod gucs;
 mod owners;
 mod pgtime;
@@ -34,7 +32,8 @@ extension_sql_file!(
         api::steps::step_internal,
         api::steps::parallel_internal,
         api::steps::wait_for_event_internal,
-        api::steps::invoke_internal
+        api::steps::invoke_internal,
+        api::fetch::fetch_internal
     ]
 );
 extension_sql_file!(
@@ -61,6 +60,7 @@ pub extern "C-unwind" fn _PG_init() {
     shmem::init();
     shmem::register_commit_hook();
     worker::launcher::register();
+    worker::fetcher::register();
 }
 
 /// Whether this server loaded pg_jobs at start, so that workers run functions.

@@ -35,9 +35,13 @@ pub struct StepError {
 pub struct PlannedStep {
     pub id: String,
     pub name: String,
+    /// Empty for a fetch.
     pub sql: String,
     /// `$1` of the step's SQL, as JSON text.
     pub args: Option<String>,
+    /// A fetch's request (`jobs.fetch`, `jobs.plan_fetch`): the checked spec
+    /// as JSON text, placeholders and all; the fetcher makes the request.
+    pub fetch: Option<String>,
     /// Failed attempts so far.
     pub attempts: i32,
 }
@@ -52,7 +56,8 @@ pub enum Operation {
         name: String,
         until_ms: i64,
     },
-    /// Run these steps at the same time on free executors; resume when all are done.
+    /// Run these steps at the same time on free executors (fetches on the
+    /// fetcher); resume when all are done. A lone `jobs.fetch` is one of these.
     Parallel(Vec<PlannedStep>),
     /// Suspend the run until an event arrives, or `timeout_ms` passes.
     Wait(PlannedWait),
@@ -206,6 +211,7 @@ mod tests {
             name: id.into(),
             sql: "SELECT 1".into(),
             args: None,
+            fetch: None,
             attempts: 0,
         }
     }

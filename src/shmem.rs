@@ -235,6 +235,8 @@ pub struct Shared {
     launcher_pid: AtomicI32,
     launcher_heartbeat_ms: AtomicI64,
     launcher_latch: AtomicUsize,
+    /// The fetcher's latch, set when a commit queued requests for it.
+    fetcher_latch: AtomicUsize,
     /// How many executors the launcher wants and could not start.
     wanted_workers: AtomicI32,
     missing_workers: AtomicI32,
@@ -277,6 +279,7 @@ impl Default for Shared {
             launcher_pid: AtomicI32::new(0),
             launcher_heartbeat_ms: AtomicI64::new(0),
             launcher_latch: AtomicUsize::new(0),
+            fetcher_latch: AtomicUsize::new(0),
             wanted_workers: AtomicI32::new(0),
             missing_workers: AtomicI32::new(0),
             owners: OwnerRegistry::default(),
@@ -516,6 +519,16 @@ impl Shared {
         (pid != 0).then(|| (pid, self.launcher_heartbeat_ms.load(Ordering::Relaxed)))
     }
 
+    /// The fetcher says it runs (`true`, with its latch) or stops.
+    pub fn set_fetcher(&self, running: bool) {
+        self.fetcher_latch
+            .store(if running { my_latch() } else { 0 }, Ordering::SeqCst);
+    }
+
+    fn wake_fetcher(&self) {
+        set_latch(self.fetcher_latch.load(Ordering::SeqCst));
+    }
+
     fn wake_launcher(&self) {
         set_latch(self.launcher_latch.load(Ordering::SeqCst));
     }
@@ -608,6 +621,13 @@ thread_local! {
     static INTERRUPTS_AT_COMMIT: RefCell<Vec<Interrupt>> = const { RefCell::new(Vec::new()) };
     /// The transaction changed who owns functions: the registry is refreshed at commit.
     static OWNERS_CHANGED: Cell<bool> = const { Cell::new(false) };
+    /// The transaction queued HTTP requests: the fetcher is woken at commit.
+    static FETCHES_AT_COMMIT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Asks for the fetcher to be woken when the current transaction commits.
+pub fn wake_fetcher_at_commit() {
+    FETCHES_AT_COMMIT.with(|c| c.set(true));
 }
 
 /// Asks for `count` executors to be woken when the current transaction commits.
@@ -649,12 +669,16 @@ unsafe extern "C-unwind" fn on_transaction_end(
     let runnable = RUNNABLE_AT_COMMIT.with(|c| c.replace(0));
     let interrupts = INTERRUPTS_AT_COMMIT.with(|i| std::mem::take(&mut *i.borrow_mut()));
     let owners_changed = OWNERS_CHANGED.with(|c| c.replace(false));
+    let fetches = FETCHES_AT_COMMIT.with(|c| c.replace(false));
     if !committed || !is_initialized() {
         return;
     }
     let shared = shared();
     if runnable > 0 {
         shared.wake_idle_workers(runnable);
+    }
+    if fetches {
+        shared.wake_fetcher();
     }
     for interrupt in interrupts {
         if let Some(slot) = shared

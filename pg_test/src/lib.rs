@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 pub use postgres::{Client, NoTls};
 
+pub mod http_server;
+
 pub struct Cluster {
     pub name: String,
     pub data_dir: PathBuf,

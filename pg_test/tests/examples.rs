@@ -4,14 +4,36 @@
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use pg_jobs_e2e::http_server::{HttpServer, Reply, Request};
 use pg_jobs_e2e::*;
 
-/// A fresh database for each example: no functions, no history, an empty public schema.
+/// The services the examples call (Resend, service A and B, the uploads).
+fn services() -> &'static HttpServer {
+    static SERVER: OnceLock<HttpServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        HttpServer::start(|request: &Request| match request.path.as_str() {
+            "/resend/emails" => {
+                Reply::json(200, r#"{"id": "4ef9a417-02e9-4d39-ad75-9611e0fcc33c"}"#)
+            }
+            "/uploads/img-42.jpg" => Reply {
+                status: 200,
+                headers: vec![("Content-Type".into(), "image/jpeg".into())],
+                body: "x".repeat(3000),
+            },
+            _ => Reply::json(200, r#"{"ok": true}"#),
+        })
+    })
+}
+
+/// A fresh database for each example: no functions, no history, an empty
+/// public schema whose app_settings point the examples' services at `services()`.
 fn fresh(example: &str) -> (Client, MutexGuard<'static, ()>) {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
     static TURN: Mutex<()> = Mutex::new(());
     let turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let cluster = CLUSTER.get_or_init(|| Cluster::with_pg_jobs("examples", 3, &[]));
+    let cluster = CLUSTER.get_or_init(|| {
+        Cluster::with_pg_jobs("examples", 3, &["jobs.fetch_allowed_hosts = '127.0.0.1:*'"])
+    });
     let mut c = cluster.connect();
     c.batch_execute("SELECT jobs.delete_function(id) FROM jobs.functions WHERE failure_of IS NULL")
         .unwrap();
@@ -24,6 +46,14 @@ fn fresh(example: &str) -> (Client, MutexGuard<'static, ()>) {
         "TRUNCATE jobs.events, jobs.runs, jobs.steps, jobs.attempt_errors, jobs.dedup_ids, jobs.cron_fires,
                   jobs.waits, jobs.wait_paths, jobs.event_schemas;
          DROP SCHEMA public CASCADE; CREATE SCHEMA public;",
+    )
+    .unwrap();
+    c.batch_execute("CREATE TABLE app_settings (name text PRIMARY KEY, value text NOT NULL)")
+        .unwrap();
+    c.execute(
+        "INSERT INTO app_settings VALUES ('resend_url', $1 || '/resend'), ('service_a_url', $1 || '/service-a'),
+                                         ('service_b_url', $1 || '/service-b'), ('uploads_url', $1 || '/uploads')",
+        &[&services().url("")],
     )
     .unwrap();
     let path = format!("{}/../examples/{example}.sql", env!("CARGO_MANIFEST_DIR"));
@@ -328,8 +358,25 @@ fn error_handling() {
 fn email_queue() {
     let (mut c, _turn) = fresh("email_queue");
     assert_eq!(wait_for_runs(&mut c, "send-email", 1), ["completed"]);
+    let sent = services().requests_to("/resend/emails");
+    let run = text(&mut c, "SELECT id::text FROM jobs.runs");
+    let this_run: Vec<_> = sent
+        .iter()
+        .filter(|r| r.header("idempotency-key") == Some(&format!("{run}:send-email")))
+        .collect();
+    assert_eq!(this_run.len(), 1, "one email for one run");
+    assert_eq!(this_run[0].method, "POST");
     assert_eq!(
-        text(&mut c, "SELECT (r.output->>'messageId' = m.id AND l.message_id = m.id)::text FROM jobs.runs r, resend_messages m, email_log l"),
+        this_run[0].header("authorization"),
+        Some("Bearer re_123456789")
+    );
+    assert!(
+        this_run[0].body.contains(r#""to":"ada@example.com""#),
+        "{}",
+        this_run[0].body
+    );
+    assert_eq!(
+        text(&mut c, "SELECT (r.output->>'messageId' = '4ef9a417-02e9-4d39-ad75-9611e0fcc33c' AND l.message_id = r.output->>'messageId')::text FROM jobs.runs r, email_log l"),
         "true"
     );
 }
@@ -338,6 +385,7 @@ fn email_queue() {
 fn image_pipeline() {
     let (mut c, _turn) = fresh("image_pipeline");
     assert_eq!(wait_for_runs(&mut c, "image-processing", 1), ["completed"]);
+    assert!(!services().requests_to("/uploads/img-42.jpg").is_empty());
     assert_eq!(
         text(
             &mut c,
@@ -445,7 +493,14 @@ fn data_sync() {
         wait_for_runs(&mut c, "sync-to-external", 2),
         ["completed", "failed"]
     );
-    assert_eq!(text(&mut c, "SELECT string_agg(service, ',' ORDER BY service) FROM service_requests WHERE payload->>'id' = '501'"), "service-a,service-b");
+    let mut synced: Vec<String> = services()
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.body.contains(r#""id":501"#))
+        .map(|r| r.path)
+        .collect();
+    synced.sort();
+    assert_eq!(synced, ["/service-a/sync", "/service-b/sync"]);
     assert_eq!(
         count(
             &mut c,

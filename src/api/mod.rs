@@ -3,6 +3,7 @@
 pub mod events;
 pub mod explain;
 pub mod expressions;
+pub mod fetch;
 pub mod flow;
 pub mod functions;
 pub mod operations;

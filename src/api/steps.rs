@@ -14,7 +14,7 @@ use crate::replay::{self, Memo, Operation, PlannedInvoke, PlannedStep, PlannedWa
 
 /// Every step call starts here: inside a handler pg_jobs runs, by the role
 /// the handler runs as.
-fn in_handler<R>(function: &str, f: impl FnOnce(&mut Replay) -> R) -> R {
+pub(super) fn in_handler<R>(function: &str, f: impl FnOnce(&mut Replay) -> R) -> R {
     replay::with_current(|replay| {
         if replay.owner() != unsafe { pg_sys::GetUserId() }.to_u32() {
             raise(
@@ -35,14 +35,14 @@ fn in_handler<R>(function: &str, f: impl FnOnce(&mut Replay) -> R) -> R {
 /// Ends the invocation here. The executor knows why from the replay state;
 /// the error only unwinds the handler. Its SQLSTATE, query_canceled, is one
 /// that PL/pgSQL's `WHEN OTHERS` does not catch.
-fn stop(id: &str) -> ! {
+pub(super) fn stop(id: &str) -> ! {
     raise(
         PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
         format!("pg_jobs: the run continues at step \"{id}\" in its own transaction"),
     )
 }
 
-fn required<'a>(function: &str, field: &str, value: Option<&'a str>) -> &'a str {
+pub(super) fn required<'a>(function: &str, field: &str, value: Option<&'a str>) -> &'a str {
     match value {
         Some(v) if !v.trim().is_empty() => v,
         Some(_) => invalid(format!("{function}: {field} must not be empty")),
@@ -73,20 +73,30 @@ fn envelope(memo: &Memo) -> Option<String> {
     }
 }
 
-fn planned(
+/// What a step of the handler will do: run SQL, or make a fetch's request.
+pub(super) enum Work {
+    Sql { sql: String, args: Option<String> },
+    Fetch(String),
+}
+
+pub(super) fn planned(
     replay: &mut Replay,
     name: &str,
-    sql: &str,
-    args: Option<String>,
+    work: Work,
 ) -> (PlannedStep, Option<String>) {
     let id = replay.next_id(name);
     let done = replay.memo(&id).and_then(envelope);
+    let (sql, args, fetch) = match work {
+        Work::Sql { sql, args } => (sql, args, None),
+        Work::Fetch(spec) => (String::new(), None, Some(spec)),
+    };
     let step = PlannedStep {
         attempts: replay.attempts(&id),
         args: replay.args_for(&id, args),
         id,
         name: name.to_string(),
-        sql: sql.to_string(),
+        sql,
+        fetch,
     };
     (step, done)
 }
@@ -97,7 +107,11 @@ fn step_internal(id: Option<&str>, sql: Option<&str>, args: Option<JsonbDatum>) 
     let name = required("jobs.step", "id", id);
     let sql = required("jobs.step", "sql", sql);
     in_handler("jobs.step", |replay| {
-        let (step, done) = planned(replay, name, sql, args.map(|a| a.to_text()));
+        let work = Work::Sql {
+            sql: sql.to_string(),
+            args: args.map(|a| a.to_text()),
+        };
+        let (step, done) = planned(replay, name, work);
         match done {
             Some(envelope) if !replay.has_yielded() => envelope,
             _ => {
@@ -125,8 +139,20 @@ fn parallel_internal(
         let mut failed = None;
         for ((id, sql), args) in ids.iter().zip(&sqls).zip(args) {
             let name = required("jobs.plan", "id", id.as_deref());
-            let sql = required("jobs.plan", "sql", sql.as_deref());
-            let (step, done) = planned(replay, name, sql, args);
+            let work = match sql {
+                None => match super::fetch::planned_fetch(args.as_deref()) {
+                    Some(spec) => Work::Fetch(spec),
+                    None => raise(
+                        PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                        "jobs.plan: sql must not be null",
+                    ),
+                },
+                Some(sql) => Work::Sql {
+                    sql: required("jobs.plan", "sql", Some(sql)).to_string(),
+                    args,
+                },
+            };
+            let (step, done) = planned(replay, name, work);
             match replay.memo(&step.id) {
                 Some(Memo::Completed(output)) => {
                     outputs.push(output.clone().unwrap_or_else(|| "null".into()))

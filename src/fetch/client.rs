@@ -4,8 +4,7 @@
 //! talks to the database) only submits and collects.
 //!
 //! - One way in: [`Client::submit`] returns at once; each request ends in one
-//!   [`Completion`], collected with [`Client::try_recv`] or
-//!   [`Client::recv_timeout`]. After each completion the owner's [`Waker`]
+//!   [`Completion`], collected with [`Client::try_recv`]. After each completion the owner's [`Waker`]
 //!   runs (on the client's thread: it must only signal, see [`Waker`]).
 //! - Each request holds up to the size limit in memory until it completes:
 //!   the owner bounds that by capping [`Client::in_flight`].
@@ -21,7 +20,7 @@
 //! - HTTPS: rustls with the ring provider, certificates checked against the
 //!   system's CA store (rustls-platform-verifier). No proxy from the
 //!   environment is used: the allowed-hosts check is the whole story.
-//! - Dropping the client (or [`Client::shutdown`]) stops the thread; requests
+//! - Dropping the client stops the thread; requests
 //!   still in flight are abandoned without a completion.
 
 use std::cell::Cell;
@@ -126,7 +125,9 @@ impl<Id: Send + 'static> Client<Id> {
         Some(completion)
     }
 
-    /// Waits up to `timeout` for a finished request.
+    /// Waits up to `timeout` for a finished request (the tests wait; the
+    /// fetcher waits on its latch instead).
+    #[cfg(test)]
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Completion<Id>> {
         let completion = self.completions.recv_timeout(timeout).ok()?;
         self.in_flight.set(self.in_flight.get() - 1);
@@ -136,11 +137,6 @@ impl<Id: Send + 'static> Client<Id> {
     /// Submitted and not yet received: what the owner may cap its claims by.
     pub fn in_flight(&self) -> usize {
         self.in_flight.get()
-    }
-
-    /// Stops the thread, abandoning the requests in flight.
-    pub fn shutdown(self) {
-        drop(self);
     }
 }
 
@@ -880,7 +876,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         let started = Instant::now();
-        harness.client.shutdown();
+        drop(harness);
         // Not a speed check: waiting for the request would take a minute.
         assert!(started.elapsed() < Duration::from_secs(30));
     }

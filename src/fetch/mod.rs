@@ -8,7 +8,7 @@
 //!    headers and checks the first host against [`Policy`]; it fails with a
 //!    [`Failure`] whose message shows placeholders only.
 //! 3. [`Client::submit`] hands the [`PreparedRequest`] to the client's own
-//!    thread; [`Client::try_recv`] / [`Client::recv_timeout`] return each
+//!    thread; [`Client::try_recv`] returns each
 //!    [`Completion`] with its [`Outcome`]: the step's value, or a [`Failure`]
 //!    that is retriable or not, with an SQLSTATE ([`Failure::sqlstate`]).
 //!
@@ -38,11 +38,9 @@ mod spec;
 #[cfg(test)]
 mod test_server;
 
-pub use client::{Client, ClientStopped, Completion, Waker};
-pub use hosts::{AllowedHosts, MAX_REDIRECTS};
-pub use outcome::{
-    parse_retry_after, Failure, FailureKind, Outcome, MAX_RETRY_AFTER, MESSAGE_BODY_CHARS,
-};
+pub use client::Client;
+pub use hosts::AllowedHosts;
+pub use outcome::{Failure, FailureKind, Outcome};
 pub use request::{idempotency_key, prepare, Policy, PreparedRequest, DEFAULT_MAX_RESPONSE_SIZE};
-pub use secrets::{Redactor, Secrets};
-pub use spec::{FetchSpec, SpecError, DEFAULT_TIMEOUT, MAX_TIMEOUT};
+pub use secrets::{check_name as check_secret_name, Secrets, MAX_VALUE_LEN as MAX_SECRET_LEN};
+pub use spec::FetchSpec;

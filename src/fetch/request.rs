@@ -56,6 +56,7 @@ impl fmt::Debug for PreparedRequest {
 }
 
 impl PreparedRequest {
+    #[cfg(test)]
     pub fn display(&self) -> &str {
         &self.display
     }

@@ -37,6 +37,26 @@ fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')
 }
 
+/// Longest secret name and value `jobs.set_secret` takes.
+pub const MAX_NAME_LEN: usize = 128;
+pub const MAX_VALUE_LEN: usize = 64 * 1024;
+
+/// Whether `name` can be written as `{{secret.NAME}}`, as `jobs.set_secret` requires.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "secret name \"{}\" must be 1 to {MAX_NAME_LEN} characters long",
+            name.chars().take(MAX_NAME_LEN).collect::<String>()
+        ));
+    }
+    if let Some(c) = name.chars().find(|&c| !is_name_char(c)) {
+        return Err(format!(
+            "secret name \"{name}\" has {c:?}: a name has only ASCII letters, digits, '_', '-' and '.'"
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn placeholder(name: &str) -> String {
     format!("{OPEN}{name}{CLOSE}")
 }
@@ -207,6 +227,7 @@ impl Redactor {
     }
 
     /// A redactor for a request that used no secret.
+    #[cfg(test)]
     pub fn none() -> Redactor {
         Redactor {
             matcher: None,
@@ -395,5 +416,15 @@ mod tests {
         assert_eq!(Redactor::none().redact_json(json!(["abc"])), json!(["abc"]));
         let used: BTreeMap<String, String> = secrets().into_iter().collect();
         assert!(!format!("{:?}", Redactor::new(&used)).contains("sk-live"));
+    }
+
+    #[test]
+    fn secret_names_are_those_a_placeholder_can_write() {
+        assert!(check_name("RESEND_API_KEY").is_ok());
+        assert!(check_name("a.b-c_1").is_ok());
+        assert!(check_name("").unwrap_err().contains("1 to 128 characters"));
+        assert!(check_name(&"a".repeat(129)).is_err());
+        assert!(check_name("a b").unwrap_err().contains("has ' '"));
+        assert!(check_name("a}}").is_err());
     }
 }

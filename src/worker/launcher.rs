@@ -32,7 +32,7 @@ pub fn register() {
 /// The version of the extension installed in the database, which must be
 /// this library's for the workers to run (after an upgrade of the library,
 /// until `ALTER EXTENSION pg_jobs UPDATE`, it is the old one).
-fn installed_version() -> String {
+pub(super) fn installed_version() -> String {
     Spi::get_one::<String>(
         "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_jobs'",
     )

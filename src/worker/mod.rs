@@ -1,6 +1,7 @@
 //! Background workers: one launcher per server and the executors it keeps running.
 
 pub mod executor;
+pub mod fetcher;
 mod flow;
 mod invoke;
 pub mod launcher;

@@ -152,6 +152,8 @@ pub fn write_finished() {
               debounce AS (DELETE FROM jobs.debounces d WHERE d.run_id = ANY ($5)),
               batch AS (DELETE FROM jobs.batches b WHERE b.run_id = ANY ($5)),
               gone AS (DELETE FROM jobs.waits w WHERE w.run_id = ANY ($1)),
+              -- A request in flight is not answered into the history any more.
+              requests AS (DELETE FROM jobs.fetches x WHERE x.run_id = ANY ($1)),
               run AS (UPDATE jobs.runs r SET status = e.status, output = e.output::jsonb, error = e.error,
                              ended_at = clock_timestamp()
                       FROM ended e WHERE r.id = ANY ($1) AND r.id = e.run_id
@@ -322,36 +324,57 @@ pub fn sleep(run: pgrx::Uuid, until_ms: i64) {
     rearm_timers();
 }
 
-/// Queues steps planned by jobs.parallel for any executor, and parks the run
-/// until they are all done. Returns how many were queued.
+/// Queues steps planned by jobs.parallel for any executor, and fetches for
+/// the fetcher, and parks the run until they are all done (a run waiting for
+/// fetches alone is `waiting`). Returns how many steps were queued for executors.
 pub fn plan(run: pgrx::Uuid, function: &str, steps: &[crate::replay::PlannedStep]) -> i64 {
     let ids: Vec<&str> = steps.iter().map(|s| s.id.as_str()).collect();
     let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
     let sqls: Vec<&str> = steps.iter().map(|s| s.sql.as_str()).collect();
     let args: Vec<Option<&str>> = steps.iter().map(|s| s.args.as_deref()).collect();
+    let fetches: Vec<Option<&str>> = steps.iter().map(|s| s.fetch.as_deref()).collect();
     exec::<i64>(
         &PLAN,
         "WITH planned AS (
-            SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[]) AS p (id, name, sql, args)
+            SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+                AS p (id, name, sql, args, request)
          ), steps AS (
             INSERT INTO jobs.steps (run_id, id, name, kind, status)
-            SELECT $1, id, name, 'run', 'queued' FROM planned
+            SELECT $1, id, name, CASE WHEN request IS NULL THEN 'run' ELSE 'fetch' END, 'queued' FROM planned
             ON CONFLICT (run_id, id) DO NOTHING
          ), tasks AS (
             -- Each parallel step takes the run's concurrency slots of its own.
             INSERT INTO jobs.queue (run_id, step_id, function_id, due_at, sql, args, ckey1, lim1, ckey2, lim2)
             SELECT $1, p.id, $2, now(), p.sql, p.args::jsonb, r.ckey1, r.lim1, r.ckey2, r.lim2
             FROM planned p LEFT JOIN jobs.queue r ON r.run_id = $1 AND r.step_id = ''
+            WHERE p.request IS NULL
             ON CONFLICT (run_id, step_id) DO NOTHING
             RETURNING 1
+         ), requests AS (
+            -- A request takes no slot: the run is suspended while it is made.
+            INSERT INTO jobs.fetches (run_id, step_id, function_id, spec, due_at)
+            SELECT $1, p.id, $2, p.request::jsonb, now() FROM planned p WHERE p.request IS NOT NULL
+            ON CONFLICT (run_id, step_id) DO NOTHING
+            RETURNING 1
+         ), status AS (
+            UPDATE jobs.runs SET status = 'waiting'
+            WHERE id = $1 AND NOT EXISTS (SELECT FROM planned WHERE request IS NULL)
          )
          UPDATE jobs.queue SET claimed_by = NULL, claims = 0,
-                pending_steps = pending_steps + (SELECT count(*) FROM tasks),
-                due_at = CASE WHEN pending_steps + (SELECT count(*) FROM tasks) > 0
+                pending_steps = pending_steps + (SELECT count(*) FROM tasks) + (SELECT count(*) FROM requests),
+                due_at = CASE WHEN pending_steps + (SELECT count(*) FROM tasks) + (SELECT count(*) FROM requests) > 0
                               THEN 'infinity'::timestamptz ELSE now() END
          WHERE run_id = $1 AND step_id = ''
          RETURNING (SELECT count(*) FROM tasks)",
-        vec![run.into(), function.into(), ids.into(), names.into(), sqls.into(), args.into()],
+        vec![
+            run.into(),
+            function.into(),
+            ids.into(),
+            names.into(),
+            sqls.into(),
+            args.into(),
+            fetches.into(),
+        ],
     )
     .unwrap_or(0)
 }

@@ -92,7 +92,7 @@ impl Policy {
 }
 
 /// A uniform number in [0, 1) for jitter, from the standard library's random hash keys.
-fn random_fraction() -> f64 {
+pub(super) fn random_fraction() -> f64 {
     use std::hash::{BuildHasher, RandomState};
     (RandomState::new().hash_one(Instant::now()) >> 11) as f64 / (1u64 << 53) as f64
 }
@@ -459,6 +459,9 @@ pub fn advance(run: &mut LoadedRun) -> Progress {
         Some(Operation::Parallel(steps)) => {
             let queued = record::plan(run.id, &run.function_id, &steps);
             shmem::wake_workers_at_commit(queued as usize);
+            if steps.iter().any(|step| step.fetch.is_some()) {
+                shmem::wake_fetcher_at_commit();
+            }
             Progress::Done
         }
         Some(Operation::Wait(wait)) => wait_for_event(run, &wait),
