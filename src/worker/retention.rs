@@ -172,7 +172,7 @@ const RUNS_OF_FUNCTION: &str = expired_runs!(" AND r.function_id = $4");
 /// Events after `after` older than `keep_secs` that nothing needs: no run
 /// (nor batch) started for them, no replay about to start one.
 fn events_batch(after: pgrx::Uuid, keep_secs: i64) -> (Option<pgrx::Uuid>, i64) {
-    let row = Spi::connect_mut(|client| {
+    Spi::connect_mut(|client| {
         let row = client
             .update(
                 "WITH scanned AS (
@@ -199,8 +199,7 @@ fn events_batch(after: pgrx::Uuid, keep_secs: i64) -> (Option<pgrx::Uuid>, i64) 
             row.get::<pgrx::Uuid>(1).ok().flatten(),
             row.get::<i64>(2).ok().flatten().unwrap_or(0),
         )
-    });
-    row
+    })
 }
 
 /// Replays that ended longer ago than the retention go with their items.
