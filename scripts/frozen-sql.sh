@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Refuses a change to SQL that installations already ran (called by .ci/run):
-# - sql/released/pg_jobs--X.sql, the install script of release X (tag vX),
-#   must exist and stay as it was committed;
+# - sql/released/pg_jobs--X.sql, the install script of release X (listed
+#   with its commit in sql/released/RELEASES), must exist and stay as it was
+#   committed;
 # - an upgrade script sql/pg_jobs--A--B.sql is frozen once a release has it
-#   (it must stay as at every tag that has it), or once a newer upgrade
+#   (it must stay as at every release commit that has it), or once a newer upgrade
 #   script, from B on, exists (it must stay as when the first of those was
 #   committed, or as in HEAD while that one is not committed yet).
-# The working tree is what is checked. The check needs the history and the
-# tags: a shallow clone is deepened first.
+# The working tree is what is checked. The check needs the history: a
+# shallow clone is deepened first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(git rev-parse --is-shallow-repository)" = true ]; then
-    git fetch --quiet --unshallow --tags origin || {
-        echo "frozen-sql: this clone is shallow and its history cannot be fetched (git fetch --unshallow --tags)" >&2
+    git fetch --quiet --unshallow origin || {
+        echo "frozen-sql: this clone is shallow and its history cannot be fetched (git fetch --unshallow)" >&2
         exit 1
     }
 fi
@@ -32,11 +33,15 @@ first_added() {
     git log --diff-filter=A --format=%H -- "$1" | tail -n 1
 }
 
-for tag in $(git tag -l 'v[0-9]*'); do
-    version=${tag#v}
+while read -r version tag; do
+    case $version in '' | '#'*) continue ;; esac
+    if ! git cat-file -e "$tag^{commit}" 2>/dev/null; then
+        refuse "release $version's commit $tag (sql/released/RELEASES) is not in this history"
+        continue
+    fi
     released=sql/released/pg_jobs--$version.sql
     if [ ! -f "$released" ]; then
-        refuse "$released is missing: $version is released ($tag), and its install script is kept there"
+        refuse "$released is missing: $version is released (${tag:0:12}), and its install script is kept there"
     else
         added=$(first_added "$released")
         if [ -n "$added" ] && ! same_as "$released" "$added"; then
@@ -45,10 +50,10 @@ for tag in $(git tag -l 'v[0-9]*'); do
     fi
     for script in $(git ls-tree --name-only "$tag" sql/ | grep -E '^sql/pg_jobs--[^-]+--[^-]+\.sql$' || true); do
         if ! same_as "$script" "$tag"; then
-            refuse "$script was changed or removed since release $version ($tag); write a new upgrade script instead"
+            refuse "$script was changed or removed since release $version (${tag:0:12}); write a new upgrade script instead"
         fi
     done
-done
+done <sql/released/RELEASES
 
 for script in sql/pg_jobs--*--*.sql; do
     [ -f "$script" ] || continue

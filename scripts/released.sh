@@ -14,26 +14,29 @@ cd "$(dirname "$0")/.."
 version=${1:?usage: scripts/released.sh VERSION}
 PG_MAJOR=${PG_MAJOR:-15}
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/$PG_MAJOR/bin/pg_config}
-tag=v$version
 root=$PWD
 dir=$root/target/released/$version
 package=$dir/package
 
-# A tag never moves, so a package built once stays right.
+# A release's commit never changes, so a package built once stays right.
 if [ -f "$dir/built" ]; then
     echo "$package"
     exit 0
 fi
 
-# CI checkouts may be shallow and without tags.
-if ! git rev-parse -q --verify "refs/tags/$tag" >/dev/null; then
-    echo "released: tag $tag is not in this clone; fetching it" >&2
-    git fetch --quiet --depth=1 origin "refs/tags/$tag:refs/tags/$tag" >&2 || {
-        echo "released: cannot find tag $tag of release $version (fetch the tags: git fetch --tags)" >&2
+commit=$(awk -v v="$version" '$1 == v { print $2 }' sql/released/RELEASES)
+if [ -z "$commit" ]; then
+    echo "released: $version is not listed in sql/released/RELEASES" >&2
+    exit 1
+fi
+# CI checkouts may be shallow.
+if ! git cat-file -e "$commit^{commit}" 2>/dev/null; then
+    echo "released: commit $commit of $version is not in this clone; fetching it" >&2
+    git fetch --quiet --depth=1 origin "$commit" >&2 || {
+        echo "released: cannot fetch commit $commit of release $version (git fetch --unshallow)" >&2
         exit 1
     }
 fi
-commit=$(git rev-parse "refs/tags/$tag^{commit}")
 
 rm -rf "$dir"
 mkdir -p "$dir/src"
