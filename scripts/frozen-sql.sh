@@ -4,8 +4,8 @@
 #   with its commit in sql/released/RELEASES), must exist and stay as it was
 #   committed;
 # - an upgrade script sql/pg_jobs--A--B.sql is frozen once a release has it
-#   (it must stay as at every release commit that has it), or once a newer upgrade
-#   script, from B on, exists (it must stay as when the first of those was
+#   (it must stay as at every release commit that has it), or once a newer
+#   upgrade script, from B on, exists (it must stay as when the first of those was
 #   committed, or as in HEAD while that one is not committed yet).
 # The working tree is what is checked. The check needs the history: a
 # shallow clone is deepened first.
@@ -33,24 +33,24 @@ first_added() {
     git log --diff-filter=A --format=%H -- "$1" | tail -n 1
 }
 
-while read -r version tag; do
+while read -r version commit; do
     case $version in '' | '#'*) continue ;; esac
-    if ! git cat-file -e "$tag^{commit}" 2>/dev/null; then
-        refuse "release $version's commit $tag (sql/released/RELEASES) is not in this history"
+    if ! git cat-file -e "$commit^{commit}" 2>/dev/null; then
+        refuse "release $version's commit $commit (sql/released/RELEASES) is not in this history"
         continue
     fi
     released=sql/released/pg_jobs--$version.sql
     if [ ! -f "$released" ]; then
-        refuse "$released is missing: $version is released (${tag:0:12}), and its install script is kept there"
+        refuse "$released is missing: $version is released (${commit:0:12}), and its install script is kept there"
     else
         added=$(first_added "$released")
         if [ -n "$added" ] && ! same_as "$released" "$added"; then
             refuse "$released was changed since it was committed (${added:0:12}); released SQL is never edited"
         fi
     fi
-    for script in $(git ls-tree --name-only "$tag" sql/ | grep -E '^sql/pg_jobs--[^-]+--[^-]+\.sql$' || true); do
-        if ! same_as "$script" "$tag"; then
-            refuse "$script was changed or removed since release $version (${tag:0:12}); write a new upgrade script instead"
+    for script in $(git ls-tree --name-only "$commit" sql/ | grep -E '^sql/pg_jobs--[^-]+--[^-]+\.sql$' || true); do
+        if ! same_as "$script" "$commit"; then
+            refuse "$script was changed or removed since release $version (${commit:0:12}); write a new upgrade script instead"
         fi
     done
 done <sql/released/RELEASES
