@@ -184,9 +184,11 @@ CREATE TABLE jobs.queue (
     blocked_on  text,
     -- Throttle: the key of a run not started yet that must reserve its start.
     throttle_key text,
-    -- timeouts.start: cancelled if not started by then; timeouts.finish: the
-    -- time allowed once started, and the deadline it gives at the first claim.
+    -- timeouts.start: cancelled if not started by then (the time allowed
+    -- from the send, again if a first claim is given back); timeouts.finish:
+    -- the time allowed once started, and the deadline it gives at the first claim.
     start_by    timestamptz,
+    start_within interval,
     finish_within interval,
     finish_by   timestamptz,
     -- The claim must decide about this work (concurrency slots, throttle).

@@ -185,6 +185,7 @@ ALTER TABLE jobs.queue
     ADD COLUMN blocked_on text,
     ADD COLUMN throttle_key text,
     ADD COLUMN start_by timestamptz,
+    ADD COLUMN start_within interval,
     ADD COLUMN finish_within interval,
     ADD COLUMN finish_by timestamptz,
     ADD COLUMN admit boolean GENERATED ALWAYS AS (ckey1 IS NOT NULL OR throttle_key IS NOT NULL) STORED;

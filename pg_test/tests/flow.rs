@@ -462,8 +462,16 @@ fn timeouts_cancel_runs_that_start_or_finish_too_late() {
          END $$;
          SELECT jobs.create_function('finish-late', 'long_sleep(jsonb)',
              '{\"event\": \"flow/finish-late\", \"timeouts\": {\"finish\": \"1s\"}}');
-         SELECT jobs.send('flow/finish-late');
-         INSERT INTO gate VALUES ('start-late');
+         SELECT jobs.send('flow/finish-late');",
+    )
+    .unwrap();
+    // Claimed with the gated run below, the sleep would commit with that
+    // run's round, after the gate opens.
+    wait_until("the run sleeps", Duration::from_secs(10), || {
+        statuses(&mut c, "finish-late") == ["sleeping"]
+    });
+    c.batch_execute(
+        "INSERT INTO gate VALUES ('start-late');
          CREATE FUNCTION hold_slot(ctx jsonb) RETURNS void LANGUAGE plpgsql AS $$
          BEGIN
              PERFORM jobs.step('hold', $s$

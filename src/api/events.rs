@@ -455,11 +455,12 @@ pub fn insert_event(
             FROM unnest($7::uuid[], $8::text[]) AS r (run_id, function_id)
          ), queued AS (
             INSERT INTO jobs.queue (run_id, function_id, due_at, held, ckey1, lim1, ckey2, lim2,
-                                    throttle_key, start_by, finish_within)
+                                    throttle_key, start_by, start_within, finish_within)
             SELECT run_id, function_id,
                    greatest(coalesce($4, now()), now()) + coalesce(shift_ms, 0) * interval '1 millisecond',
                    held, ckey1, lim1, ckey2, lim2, throttle_key,
-                   clock_timestamp() + start_ms * interval '1 millisecond', finish_ms * interval '1 millisecond'
+                   clock_timestamp() + start_ms * interval '1 millisecond', start_ms * interval '1 millisecond',
+                   finish_ms * interval '1 millisecond'
             FROM unnest($7::uuid[], $8::text[], $9::bool[], $15::text[], $16::int[], $17::text[], $18::int[],
                         $19::text[], $20::float8[], $21::float8[], $22::float8[])
                  AS r (run_id, function_id, held, ckey1, lim1, ckey2, lim2, throttle_key, shift_ms, start_ms, finish_ms)

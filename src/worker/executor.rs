@@ -36,6 +36,7 @@ thread_local! {
     static NEXT_DUE: StatementCache = const { StatementCache::new() };
     static REPLAY_CLAIMS: StatementCache = const { StatementCache::new() };
     static TAKE_OVER: StatementCache = const { StatementCache::new() };
+    static GIVE_BACK: StatementCache = const { StatementCache::new() };
     static CLAIM_ADMITTED: StatementCache = const { StatementCache::new() };
 }
 
@@ -215,8 +216,13 @@ fn take_over_stuck_work(own_slot: usize) -> (Vec<Claimed>, Option<Duration>) {
         if items.is_empty() {
             continue;
         }
-        let taken =
+        let (taken, given_back) =
             in_transaction(|| take_over(victim, &items)).unwrap_or_else(|| extension_gone());
+        if given_back > 0 {
+            log!(
+                "pg_jobs: executor {index} has been in one call for {stuck_for} ms; {given_back} item(s) under a concurrency limit it had not started went back to the queue"
+            );
+        }
         if !taken.is_empty() {
             log!(
                 "pg_jobs: executor {index} has been in one call for {stuck_for} ms; another took over {} item(s) it had not started",
@@ -229,16 +235,20 @@ fn take_over_stuck_work(own_slot: usize) -> (Vec<Claimed>, Option<Duration>) {
 }
 
 /// Claims for this executor the `items` that executor `victim` claimed and
-/// marked stolen; committed at once (synchronously: no note covers it).
-fn take_over(victim: i32, items: &[crate::shmem::Item]) -> Vec<Claimed> {
+/// marked stolen; committed at once (synchronously: no note covers it). Items
+/// under a concurrency limit go back to the queue instead, unclaimed as if
+/// never claimed, since the stuck executor's slot was all they had: the
+/// claim admits them again. Returns the items taken and how many went back.
+fn take_over(victim: i32, items: &[crate::shmem::Item]) -> (Vec<Claimed>, usize) {
     let runs: Vec<pgrx::Uuid> = items
         .iter()
         .map(|item| pgrx::Uuid::from_bytes(item.run))
         .collect();
-    let candidates: Vec<(pgrx::Uuid, String)> = Spi::connect(|client| {
+    let candidates: Vec<(pgrx::Uuid, String, bool)> = Spi::connect(|client| {
         client
             .select(
-                "SELECT run_id, step_id FROM jobs.queue WHERE claimed_by = $1 AND run_id = ANY ($2)",
+                "SELECT run_id, step_id, ckey1 IS NOT NULL OR ckey2 IS NOT NULL
+                 FROM jobs.queue WHERE claimed_by = $1 AND run_id = ANY ($2)",
                 None,
                 &[victim.into(), runs.into()],
             )
@@ -247,24 +257,28 @@ fn take_over(victim: i32, items: &[crate::shmem::Item]) -> Vec<Claimed> {
                 (
                     row.get(1).ok().flatten().expect("run_id"),
                     row.get(2).ok().flatten().expect("step_id"),
+                    row.get(3).ok().flatten().unwrap_or(false),
                 )
             })
             .collect()
     });
-    let (runs, steps): (Vec<pgrx::Uuid>, Vec<String>) = candidates
+    let (limited, free): (Vec<_>, Vec<_>) = candidates
         .into_iter()
-        .filter(|(run, step)| {
+        .filter(|(run, step, _)| {
             let item = crate::shmem::Item {
                 run: *run.as_bytes(),
                 step_hash: crate::shmem::hash64(step),
             };
             items.contains(&item)
         })
-        .unzip();
+        .partition(|(_, _, limited)| *limited);
+    let given_back = give_back(victim, limited);
+    let (runs, steps): (Vec<pgrx::Uuid>, Vec<String>) =
+        free.into_iter().map(|(run, step, _)| (run, step)).unzip();
     if runs.is_empty() {
-        return Vec::new();
+        return (Vec::new(), given_back);
     }
-    Spi::connect_mut(|client| {
+    let taken = Spi::connect_mut(|client| {
         let take = prepared(
             &TAKE_OVER,
             client,
@@ -296,7 +310,60 @@ fn take_over(victim: i32, items: &[crate::shmem::Item]) -> Vec<Claimed> {
                 )
                 .expect("taking over work"),
         )
-    })
+    });
+    (taken, given_back)
+}
+
+/// Unclaims items `victim` claimed and never started, undoing their claim's
+/// count, and wakes executors to claim them. Rows the victim's open round
+/// has locked are skipped: it releases them itself when it sees them stolen.
+fn give_back(victim: i32, items: Vec<(pgrx::Uuid, String, bool)>) -> usize {
+    if items.is_empty() {
+        return 0;
+    }
+    let (runs, steps): (Vec<pgrx::Uuid>, Vec<String>) =
+        items.into_iter().map(|(run, step, _)| (run, step)).unzip();
+    let given_back = Spi::connect_mut(|client| {
+        let statement = prepared(
+            &GIVE_BACK,
+            client,
+            "WITH picked AS (
+                SELECT q.run_id, q.step_id, r.created_at,
+                       q.step_id = '' AND q.claims = 1 AND r.attempt = 0
+                       AND NOT EXISTS (SELECT FROM jobs.steps s WHERE s.run_id = q.run_id) AS first_claim
+                FROM unnest($1::uuid[], $2::text[]) AS g (run_id, step_id)
+                JOIN jobs.queue q ON (q.run_id, q.step_id) = (g.run_id, g.step_id) AND q.claimed_by = $3
+                JOIN jobs.runs r ON r.id = q.run_id
+                FOR UPDATE OF q SKIP LOCKED
+             ), given_back AS (
+                -- A first claim started the run: undone, it is queued again
+                -- and its timeouts count as if it had never been claimed.
+                UPDATE jobs.queue q SET claimed_by = NULL, claims = q.claims - 1,
+                       start_by = CASE WHEN p.first_claim THEN p.created_at + q.start_within ELSE q.start_by END,
+                       finish_by = CASE WHEN p.first_claim THEN NULL ELSE q.finish_by END
+                FROM picked p WHERE (q.run_id, q.step_id) = (p.run_id, p.step_id)
+                RETURNING q.run_id, q.step_id, q.claims, p.first_claim
+             ), run_undone AS (
+                -- Or the claim counted a new attempt of a run claimed before.
+                UPDATE jobs.runs r
+                SET attempt = r.attempt - (g.claims >= 1)::int,
+                    status = CASE WHEN g.first_claim THEN 'queued' ELSE r.status END,
+                    started_at = CASE WHEN g.first_claim THEN NULL ELSE r.started_at END
+                FROM given_back g WHERE r.id = g.run_id AND g.step_id = '')
+             SELECT count(*) FROM given_back",
+            &[UUIDARRAYOID.value(), TEXTARRAYOID.value(), INT4OID.value()],
+        );
+        client
+            .update(statement, None, &[runs.into(), steps.into(), victim.into()])
+            .expect("giving work back to the queue")
+            .first()
+            .get_one::<i64>()
+            .ok()
+            .flatten()
+            .unwrap_or(0) as usize
+    });
+    crate::shmem::wake_workers_at_commit(given_back);
+    given_back
 }
 
 /// Claims up to `limit` due rows; when there are none, says how soon the next

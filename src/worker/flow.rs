@@ -2,9 +2,12 @@
 //! and throttle reservations (src/flow has the arithmetic), the slots given
 //! back when work stops executing, and `timeouts`.
 //!
-//! A concurrency slot is a claimed queue row that names the key (`ckey1`,
-//! `ckey2`): claiming takes it and unclaiming gives it back, in the same
-//! transactions, so that no crash can leak one. Work that finds its key full
+//! A concurrency slot is an executor holding claimed queue rows that name the
+//! key (`ckey1`, `ckey2`): an executor runs one step at a time, so the items
+//! of a key it claimed together execute one after the other and take one
+//! slot between them. Claiming takes it and unclaiming the executor's last
+//! such row gives it back, in the same transactions, so that no crash can
+//! leak one. Work that finds its key full
 //! is marked `blocked_on` the key, which takes it out of every index the
 //! claim reads; the first slot of the key given back unblocks it. Claimers and
 //! those who give slots back take turns on a lock per key, so that work
@@ -156,15 +159,15 @@ pub fn admit(limit: usize) -> (Vec<pgrx::Uuid>, Vec<String>) {
                 continue;
             }
         }
-        let full = candidate
-            .keys
-            .iter()
-            .find(|(key, limit)| held.get(key).copied().unwrap_or(0) >= *limit as i64);
+        let full = candidate.keys.iter().find(|(key, limit)| {
+            let slots = held.get(key).copied().unwrap_or_default();
+            !slots.mine && slots.others >= *limit as i64
+        });
         match full {
             Some((key, _)) => decisions.push(Decision::Block(key.clone())),
             None => {
                 for (key, _) in &candidate.keys {
-                    *held.entry(key.clone()).or_insert(0) += 1;
+                    held.entry(key.clone()).or_default().mine = true;
                 }
                 decisions.push(Decision::Claim);
             }
@@ -262,8 +265,17 @@ fn candidates(limit: usize) -> Vec<Candidate> {
     })
 }
 
-/// Claimed rows per concurrency key: the slots taken.
-fn holders<'a>(keys: impl Iterator<Item = &'a String>) -> BTreeMap<String, i64> {
+/// The slots of a concurrency key taken.
+#[derive(Clone, Copy, Default)]
+struct Slots {
+    /// Other executors holding claimed rows of the key.
+    others: i64,
+    /// Whether this executor holds one (claimed now or still in its batch).
+    mine: bool,
+}
+
+/// The slots taken of each concurrency key.
+fn holders<'a>(keys: impl Iterator<Item = &'a String>) -> BTreeMap<String, Slots> {
     let keys: Vec<&str> = keys.map(String::as_str).collect();
     if keys.is_empty() {
         return BTreeMap::new();
@@ -272,18 +284,30 @@ fn holders<'a>(keys: impl Iterator<Item = &'a String>) -> BTreeMap<String, i64> 
         let statement = prepared(
             &HOLDERS,
             client,
-            "SELECT k, (SELECT count(*) FROM jobs.queue WHERE claimed_by IS NOT NULL AND ckey1 = k)
-                     + (SELECT count(*) FROM jobs.queue WHERE claimed_by IS NOT NULL AND ckey2 = k)
-             FROM unnest($1::text[]) AS k",
-            &[TEXTARRAYOID.value()],
+            "SELECT k, count(DISTINCT h.claimed_by) FILTER (WHERE h.claimed_by <> $2),
+                    coalesce(bool_or(h.claimed_by = $2), false)
+             FROM unnest($1::text[]) AS k
+             LEFT JOIN LATERAL (
+                SELECT claimed_by FROM jobs.queue WHERE claimed_by IS NOT NULL AND ckey1 = k
+                UNION ALL
+                SELECT claimed_by FROM jobs.queue WHERE claimed_by IS NOT NULL AND ckey2 = k) h ON true
+             GROUP BY k",
+            &[TEXTARRAYOID.value(), INT4OID.value()],
         );
         client
-            .select(statement, None, &[keys.into()])
+            .select(
+                statement,
+                None,
+                &[keys.into(), unsafe { pg_sys::MyProcPid }.into()],
+            )
             .expect("counting concurrency slots")
             .map(|row| {
                 (
                     row.get::<String>(1).ok().flatten().unwrap_or_default(),
-                    row.get::<i64>(2).ok().flatten().unwrap_or(0),
+                    Slots {
+                        others: row.get::<i64>(2).ok().flatten().unwrap_or(0),
+                        mine: row.get::<bool>(3).ok().flatten().unwrap_or(false),
+                    },
                 )
             })
             .collect()
@@ -417,7 +441,9 @@ fn apply(candidates: &[Candidate], decisions: &[Decision]) -> (Vec<pgrx::Uuid>, 
 }
 
 /// The work of a claimed item with concurrency keys stopped executing (it
-/// ended, parked or was released): its slots go back when the round commits.
+/// ended, parked or was released): when the round commits, one item waiting
+/// for each of its keys is unblocked, to be claimed if the key has a slot
+/// (blocked again otherwise: its executor may hold others of the key still).
 pub fn release(keys: &[String]) {
     if !keys.is_empty() {
         RELEASED.with(|r| r.borrow_mut().extend(keys.iter().cloned()));
@@ -492,12 +518,18 @@ pub fn cancel_overdue() {
         let statement = prepared(
             &OVERDUE,
             client,
-            "WITH overdue AS (
-                UPDATE jobs.queue SET due_at = now(), blocked_on = NULL, held = false,
-                       cancelled = jsonb_build_object('message', CASE WHEN start_by <= now()
+            "WITH late AS (
+                -- A row an executor's open round holds is its to finish; the
+                -- next look after that round commits finds it.
+                SELECT run_id FROM jobs.queue
+                WHERE step_id = '' AND cancelled IS NULL AND (start_by <= now() OR finish_by <= now())
+                FOR UPDATE SKIP LOCKED
+             ), overdue AS (
+                UPDATE jobs.queue q SET due_at = now(), blocked_on = NULL, held = false,
+                       cancelled = jsonb_build_object('message', CASE WHEN q.start_by <= now()
                            THEN 'timeouts.start: the run did not start in time'
                            ELSE 'timeouts.finish: the run did not finish in time' END)
-                WHERE step_id = '' AND cancelled IS NULL AND (start_by <= now() OR finish_by <= now())
+                FROM late WHERE q.run_id = late.run_id AND q.step_id = ''
                 RETURNING 1)
              SELECT count(*) FROM overdue",
             &[],
