@@ -174,7 +174,8 @@ CREATE TABLE jobs.queue (
     -- cancels it at its next round, after any step it is running.
     cancelled   jsonb,
     -- Concurrency: the keys whose slots the work takes while it is claimed
-    -- (each key's slots are the claimed rows that name it), with their limits.
+    -- (a key's slots are the executors holding claimed rows that name it),
+    -- with their limits.
     ckey1       text,
     lim1        int,
     ckey2       text,

@@ -272,9 +272,11 @@ fn take_over(victim: i32, items: &[crate::shmem::Item]) -> (Vec<Claimed>, usize)
             items.contains(&item)
         })
         .partition(|(_, _, limited)| *limited);
-    let given_back = give_back(victim, limited);
-    let (runs, steps): (Vec<pgrx::Uuid>, Vec<String>) =
-        free.into_iter().map(|(run, step, _)| (run, step)).unzip();
+    let unflagged = |items: Vec<(pgrx::Uuid, String, bool)>| -> (Vec<pgrx::Uuid>, Vec<String>) {
+        items.into_iter().map(|(run, step, _)| (run, step)).unzip()
+    };
+    let given_back = give_back(victim, unflagged(limited));
+    let (runs, steps) = unflagged(free);
     if runs.is_empty() {
         return (Vec::new(), given_back);
     }
@@ -317,12 +319,10 @@ fn take_over(victim: i32, items: &[crate::shmem::Item]) -> (Vec<Claimed>, usize)
 /// Unclaims items `victim` claimed and never started, undoing their claim's
 /// count, and wakes executors to claim them. Rows the victim's open round
 /// has locked are skipped: it releases them itself when it sees them stolen.
-fn give_back(victim: i32, items: Vec<(pgrx::Uuid, String, bool)>) -> usize {
-    if items.is_empty() {
+fn give_back(victim: i32, (runs, steps): (Vec<pgrx::Uuid>, Vec<String>)) -> usize {
+    if runs.is_empty() {
         return 0;
     }
-    let (runs, steps): (Vec<pgrx::Uuid>, Vec<String>) =
-        items.into_iter().map(|(run, step, _)| (run, step)).unzip();
     let given_back = Spi::connect_mut(|client| {
         let statement = prepared(
             &GIVE_BACK,

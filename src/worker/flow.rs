@@ -7,8 +7,7 @@
 //! of a key it claimed together execute one after the other and take one
 //! slot between them. Claiming takes it and unclaiming the executor's last
 //! such row gives it back, in the same transactions, so that no crash can
-//! leak one. Work that finds its key full
-//! is marked `blocked_on` the key, which takes it out of every index the
+//! leak one. Work that finds its key full is marked `blocked_on` the key, which takes it out of every index the
 //! claim reads; the first slot of the key given back unblocks it. Claimers and
 //! those who give slots back take turns on a lock per key, so that work
 //! blocked by one is always seen by the other.
